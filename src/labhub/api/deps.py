@@ -1,0 +1,105 @@
+"""Dependencies shared by routers: the hub, a DB session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from labhub.hub import Hub
+from labhub.models import User
+from labhub.proxy.routes import Principal
+from labhub.services import security
+
+SESSION_COOKIE = "labhub_session"
+CSRF_COOKIE = "labhub_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+async def get_session(hub: HubDep) -> AsyncIterator[AsyncSession]:
+    async with hub.tx() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return value.strip()
+    return None
+
+
+async def get_principal(request: Request, hub: HubDep) -> Principal | None:
+    """The caller from a bearer token, else from the session cookie.
+
+    Cookie-authenticated requests that change state must carry the CSRF
+    header matching the CSRF cookie (the web UI's fetch() sends it).
+    """
+    if (token := bearer_token(request)) is not None:
+        return await hub.auth.authenticate("token", token)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    principal = await hub.auth.authenticate("session", cookie)
+    if principal is not None and request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        if not sent or not expected or not security.same(sent, expected):
+            raise HTTPException(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
+    return principal
+
+
+PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
+
+
+async def get_caller(principal: PrincipalDep, session: SessionDep, hub: HubDep) -> tuple[Principal, User]:
+    if principal is None:
+        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    user = await hub.active_user(session, principal.user_id)
+    if user is None:
+        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return principal, user
+
+
+def scoped(*needed: str):  # noqa: ANN201 - returns a dependency
+    """A dependency giving the caller's User if the credential carries one of ``needed``.
+
+    ``*`` (a full session or unscoped token) passes everything; ``read``
+    passes safe methods.
+    """
+
+    async def dependency(request: Request, caller: Annotated[tuple[Principal, User], Depends(get_caller)]) -> User:
+        principal, user = caller
+        scopes = principal.scopes
+        if "*" in scopes or scopes & set(needed) or ("read" in scopes and request.method in SAFE_METHODS):
+            return user
+        raise HTTPException(403, f"this token lacks the scope: {' or '.join(needed)}")
+
+    return dependency
+
+
+CurrentUser = Annotated[User, Depends(scoped("*"))]
+InstancesUser = Annotated[User, Depends(scoped("instances"))]
+ReadUser = Annotated[User, Depends(scoped("read", "instances"))]
+
+
+async def get_admin(user: Annotated[User, Depends(scoped("admin"))]) -> User:
+    if not user.is_admin:
+        raise HTTPException(403, "admins only")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]

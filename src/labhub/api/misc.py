@@ -1,0 +1,69 @@
+"""/api/v1: templates, me, tokens, health."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Response
+
+from labhub import __version__
+from labhub.api.deps import CurrentUser, HubDep, SessionDep
+from labhub.api.schemas import NewTokenOut, ParamOut, SizeOut, TemplateOut, TokenOut, TokenRequest, UserOut
+from labhub.services import credentials
+from labhub.services.instances import template_allowed
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["system"], summary="Liveness: answers once the hub can serve")
+async def health(hub: HubDep) -> dict:
+    return {"status": "ok", "version": __version__, "uptime_s": round(time.monotonic() - hub.started_monotonic, 3)}
+
+
+@router.get("/templates", response_model=list[TemplateOut], tags=["templates"])
+async def templates(user: CurrentUser, hub: HubDep) -> list[TemplateOut]:
+    out = []
+    for tpl in hub.catalog:
+        if not template_allowed(tpl, user=user, groups=set()):
+            continue
+        allowed = tpl.sizes or list(hub.settings.sizes)
+        sizes = []
+        for name, size in hub.settings.sizes.items():
+            reason = "" if name in allowed else "not offered by this template"
+            if not reason and size.gpus:
+                gpu_backends = [b for b in hub.backends.values() if "gpus" in b.capabilities]
+                reason = "" if gpu_backends else "no GPUs on this hub's backends"
+            sizes.append(SizeOut(name=name, cpus=size.cpus, memory_mb=size.memory_mb, gpus=size.gpus,
+                                 description=size.description, allowed=not reason, reason=reason))
+        out.append(TemplateOut(
+            name=tpl.name, title=tpl.title, description=tpl.description, kind=tpl.kind, sizes=sizes,
+            default_size=tpl.default_size or allowed[0], hours_default=tpl.hours.default, hours_max=tpl.hours.max,
+            backends=[b for b in (tpl.backends or list(hub.backends)) if b in hub.backends],
+            params=[ParamOut(**p.model_dump()) for p in tpl.params],
+        ))
+    return out
+
+
+@router.get("/me", response_model=UserOut, tags=["users"])
+async def me(user: CurrentUser) -> UserOut:
+    return UserOut.of(user)
+
+
+@router.post("/tokens", status_code=201, response_model=NewTokenOut, tags=["tokens"],
+             summary="Create an API token (the secret is shown once)")
+async def create_token(body: TokenRequest, user: CurrentUser, session: SessionDep) -> NewTokenOut:
+    token, secret = await credentials.issue_token(session, user=user, note=body.note, scopes=body.scopes,
+                                                  expires_in_days=body.expires_in_days)
+    return NewTokenOut(**TokenOut.of(token).model_dump(), token=secret)
+
+
+@router.get("/tokens", response_model=list[TokenOut], tags=["tokens"])
+async def list_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
+    return [TokenOut.of(t) for t in await credentials.list_tokens(session, user=user)]
+
+
+@router.delete("/tokens/{token_id}", status_code=204, tags=["tokens"])
+async def revoke_token(token_id: int, user: CurrentUser, session: SessionDep, hub: HubDep) -> Response:
+    await credentials.revoke_token(session, user=user, token_id=token_id)
+    hub.auth.clear()  # the cache is keyed by secret, which we no longer know: drop it all
+    return Response(status_code=204)

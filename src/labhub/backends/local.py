@@ -1,0 +1,506 @@
+"""The local backend: instances are child processes on the hub's machine.
+
+Each instance gets ``state_dir/<instance_id>/`` with ``handle.json`` (what is
+needed to find the process again after a hub restart), ``output.log`` (its
+stdout and stderr) and, once it has exited, ``exit.json`` (its status).
+Processes run in their own session and process group and write to a file, not
+a pipe, so they outlive the hub; a new hub re-adopts them from their handles.
+A process is identified by pid *and* start time (field 22 of
+``/proc/<pid>/stat``), so a reused pid is never mistaken for an instance.
+
+Processes are started with :class:`subprocess.Popen` and reaped through a
+pidfd watched by the event loop, not with ``asyncio.create_subprocess_exec``:
+asyncio's subprocess transport SIGKILLs a still-running child when it is
+closed or garbage-collected (so a graceful hub shutdown would kill every
+instance), and uvloop's refuses ``user=``/``group=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from labhub.backends import procinfo
+from labhub.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Capability,
+    Handle,
+    LaunchSpec,
+    Observation,
+    Phase,
+)
+from labhub.backends.local_isolation import Account, Accounts, Cgroups, spawn
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PLACEHOLDER_RE = re.compile(r"\{(port|ip|base_url|home)\}")
+POLL_S = 0.05  # how often terminate looks whether the processes are gone
+KILL_WAIT_S = 5.0  # after SIGKILL, how long the kernel gets to finish them
+GONE = Observation(Phase.GONE, message="process no longer exists")
+
+
+class _Child:
+    """A process this backend object started: its exit status is ours to collect.
+
+    The event loop watches a pidfd, so the child is reaped as soon as it exits
+    (no zombie waits for the next reconcile tick); ``on_exit`` then runs once
+    and says whether it was an OOM kill.
+    """
+
+    __slots__ = ("popen", "loop", "pidfd", "on_exit", "oom")
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop, on_exit: Callable[[int], bool]
+    ) -> None:
+        self.popen = popen
+        self.loop = loop
+        self.on_exit = on_exit
+        self.oom = False
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(popen.pid)
+            loop.add_reader(self.pidfd, self.reap)
+        except (OSError, AttributeError, NotImplementedError):  # old kernel: reaped when observed
+            self.close()
+
+    def reap(self) -> int | None:
+        """The exit status, collected if the process has exited; never blocks."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        rc = self.popen.poll()
+        if rc is not None:
+            self.close()
+            try:
+                self.oom = self.on_exit(rc)
+            except Exception:  # a failed bookkeeping write must not lose the status
+                log.exception("recording the exit of pid %s failed", self.popen.pid)
+        return rc
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class LocalBackend(Backend):
+    """Instances as child processes of the hub, isolated as far as the machine allows."""
+
+    name = "local"
+    capabilities = frozenset({Capability.LOGS})
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        hub_id: str = "labhub",
+        isolation: str = "auto",
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
+        account_prefix: str = "labhub-",
+        clock: Callable[[], float] = time.time,
+        gpus: int | None = None,
+    ) -> None:
+        """``gpus``: how many GPUs to hand out; ``None`` counts ``/dev/nvidiaN``."""
+        if isolation not in ("auto", "none"):
+            raise ValueError(f"isolation must be 'auto' or 'none', not {isolation!r}")
+        self.state_dir = Path(state_dir)
+        # o+x: instance accounts must reach their working directories inside.
+        self.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        self.hub_id = hub_id
+        self.isolation = isolation
+        self.clock = clock
+        auto = isolation == "auto"
+        self._accounts = Accounts(account_prefix) if auto and os.geteuid() == 0 else None
+        cgroups = Cgroups(Path(cgroup_root)) if auto else None
+        self._cgroups = cgroups if cgroups is not None and cgroups.available else None
+        self._gpu_count = _count_gpus() if gpus is None else gpus
+        if self._gpu_count > 0:
+            self.capabilities = frozenset({Capability.LOGS, Capability.GPUS})
+        self._children: dict[str, _Child] = {}
+        self._submit_lock: asyncio.Lock | None = None
+
+    def describe_isolation(self) -> str:
+        if self._accounts is not None:
+            who = f"processes run as per-user system accounts ({self._accounts.prefix}<user>)"
+        else:
+            who = f"processes run as the hub's own user ({_user_name(os.geteuid())})"
+        if self._cgroups is not None:
+            limits = f"{', '.join(self._cgroups.parents)} limited by cgroup v1"
+        elif self.isolation == "none":
+            limits = "no resource limits (isolation disabled)"
+        else:
+            limits = "no memory or CPU limits (cgroups not writable); core dumps off via rlimit"
+        text = f"{who}; {limits}"
+        if self._gpu_count:
+            text += f"; {self._gpu_count} GPU(s) assigned via CUDA_VISIBLE_DEVICES (not enforced)"
+        return text
+
+    def unsupported(self, spec: LaunchSpec) -> dict[str, str]:
+        reasons = super().unsupported(spec)
+        if "size" not in reasons and spec.resources.gpus > self._gpu_count:
+            reasons["size"] = f"{spec.resources.gpus} GPUs requested but this machine has {self._gpu_count}"
+        return reasons
+
+    # -- submit -----------------------------------------------------------------
+
+    async def submit(self, spec: LaunchSpec) -> Handle:
+        if not INSTANCE_ID_RE.match(spec.instance_id):
+            raise BackendError(f"invalid instance id: {spec.instance_id!r}")
+        if self._submit_lock is None:
+            self._submit_lock = asyncio.Lock()
+        async with self._submit_lock:  # idempotency and GPU assignment need one at a time
+            old = self._read_json(spec.instance_id, "handle.json")
+            if old is not None:
+                if self._alive(old):
+                    return old
+                await self.terminate(old, grace=1.0)  # leftovers of the dead instance
+            return await self._start(spec)
+
+    async def _start(self, spec: LaunchSpec) -> Handle:
+        iid = spec.instance_id
+        idir = self.state_dir / iid
+        idir.mkdir(mode=0o711, exist_ok=True)
+        if spec.home:
+            home = Path(spec.home)
+        else:  # with accounts, the instance dir itself stays the hub's
+            home = idir / "work" if self._accounts is not None else idir
+        account = await self._accounts.ensure(spec.owner, home) if self._accounts is not None else None
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if account is not None:
+            os.chown(home, account.uid, account.gid, follow_symlinks=False)
+
+        port = _free_port()
+        env = self._child_env(spec, home, account)
+        gpus = self._assign_gpus(spec.resources.gpus)
+        if self._gpu_count:  # the hub's choice, not the template's
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
+        argv = _fill(spec.command, port=port, base_url=spec.base_url, home=str(home))
+        exe = shutil.which(argv[0], path=env["PATH"]) if argv else None
+        if exe is None:
+            raise BackendError(f"command not found: {argv[0] if argv else '(empty command)'}")
+
+        log_path = idir / "output.log"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        log_fd = os.open(log_path, flags, 0o640)
+        cgroup_dirs: list[Path] = []
+        try:
+            if account is not None:
+                os.fchown(log_fd, account.uid, account.gid)
+            if self._cgroups is not None:
+                cgroup_dirs = self._cgroups.create(
+                    iid,
+                    memory_mb=spec.resources.memory_mb,
+                    cpus=spec.resources.cpus,
+                    uid=account.uid if account is not None else None,
+                )
+            popen = spawn(
+                [exe, *argv[1:]],
+                env=env,
+                cwd=home,
+                log_fd=log_fd,
+                account=account,
+                cgroup_dirs=cgroup_dirs,
+                rlimits=self.isolation == "auto" and not cgroup_dirs,
+            )
+        except BaseException:
+            Cgroups.remove(cgroup_dirs)
+            raise
+        finally:
+            os.close(log_fd)
+
+        mem_dir = self._cgroups.memory_dir(iid) if self._cgroups is not None else None
+        handle: Handle = {
+            "instance_id": iid,
+            "pid": popen.pid,
+            "pgid": popen.pid,  # start_new_session: the child leads its own group
+            "start_ticks": procinfo.start_ticks(popen.pid),  # not reaped yet, so never None
+            "port": port,
+            "host": HOST,
+            "log": str(log_path),
+            "hub_id": self.hub_id,
+            "uid": account.uid if account is not None else os.geteuid(),
+            "user": account.name if account is not None else None,
+            "cgroup": str(mem_dir) if mem_dir is not None else None,
+            "memory_mb": spec.resources.memory_mb,
+            "gpus": gpus,
+            "started_at": self.clock(),
+        }
+        _write_json(idir / "handle.json", handle)
+        on_exit = functools.partial(self._record_exit, handle)
+        self._children[iid] = _Child(popen, asyncio.get_running_loop(), on_exit)
+        log.info("instance %s started as pid %s on port %s", iid, popen.pid, port)
+        return handle
+
+    def _child_env(self, spec: LaunchSpec, home: Path, account: Account | None) -> dict[str, str]:
+        """A minimal environment: the hub's own (with its secrets) is never passed on."""
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+        user = account.name if account is not None else _user_name(os.geteuid())
+        env = {
+            "PATH": path,
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "USER": user,
+            "LOGNAME": user,
+            "SHELL": "/bin/bash",
+        }
+        if spec.token:  # the instance's secret goes through the environment, never argv
+            env["LABHUB_TOKEN"] = spec.token
+            env["JUPYTER_TOKEN"] = spec.token
+        env.update(spec.env)
+        return env
+
+    def _assign_gpus(self, wanted: int) -> list[int]:
+        if wanted <= 0:
+            return []
+        if wanted > self._gpu_count:
+            raise BackendError(f"{wanted} GPUs requested but this machine has {self._gpu_count}")
+        used = {int(i) for h in self._all_handles() if self._alive(h) for i in h.get("gpus") or []}
+        free = [i for i in range(self._gpu_count) if i not in used]
+        if len(free) < wanted:
+            raise BackendError(f"{wanted} GPUs requested but only {len(free)} are free")
+        return free[:wanted]
+
+    def _record_exit(self, handle: Handle, rc: int) -> bool:
+        """Our child exited: note how (for a restarted hub) and drop its empty cgroups.
+
+        Returns whether the kernel killed it for exceeding its memory limit.
+        """
+        iid = handle["instance_id"]
+        oom = rc == -signal.SIGKILL and self._oom(iid)
+        record = {"pid": handle["pid"], "start_ticks": handle["start_ticks"], "returncode": rc, "oom": oom}
+        _write_json(self.state_dir / iid / "exit.json", record)
+        if self._cgroups is not None:  # cgroups still holding processes stay until terminate
+            Cgroups.remove(self._cgroups.dirs(iid), quiet=True)
+        log.info("instance %s: pid %s exited with status %s", iid, handle["pid"], rc)
+        return oom
+
+    # -- observe ----------------------------------------------------------------
+
+    async def observe_many(self, handles: Mapping[str, Handle]) -> dict[str, Observation]:
+        return {key: self._observe(h) for key, h in handles.items()}
+
+    def _observe(self, handle: Handle) -> Observation:
+        """A few ``/proc`` reads; no subprocess, no scan."""
+        pid, ticks = _pid_ticks(handle)
+        if pid is None:
+            return GONE
+        child = self._child_for(handle)
+        if child is not None:
+            rc = child.reap()
+            return _running(handle) if rc is None else _exited(handle, rc, oom=child.oom)
+        if procinfo.is_alive(pid, ticks):
+            return _running(handle)
+        # Not our child: the hub that reaped it may have recorded how it ended ...
+        record = self._read_json(handle["instance_id"], "exit.json")
+        if record is not None and record.get("pid") == pid and record.get("start_ticks") == ticks:
+            return _exited(handle, int(record["returncode"]), oom=bool(record.get("oom")))
+        # ... or it died unwatched, and only its cgroup remembers an OOM kill.
+        if self._oom(handle["instance_id"]):
+            return _exited(handle, -signal.SIGKILL, oom=True)
+        return GONE
+
+    def _oom(self, iid: str) -> bool:
+        return self._cgroups is not None and Cgroups.oom_killed(self._cgroups.memory_dir(iid))
+
+    # -- terminate --------------------------------------------------------------
+
+    async def terminate(self, handle: Handle, *, grace: float = 5.0) -> bool:
+        iid = handle.get("instance_id")
+        if not isinstance(iid, str) or not INSTANCE_ID_RE.match(iid):
+            iid = None
+        # Cgroups come from the instance id, never from the handle, so a bad
+        # handle cannot point terminate at somebody else's cgroup.
+        cgroup_dirs = self._cgroups.dirs(iid) if self._cgroups is not None and iid else []
+        pid, ticks = _pid_ticks(handle)
+        child = self._child_for(handle)
+        pgid = int(handle.get("pgid") or pid or 0)
+        uid = handle.get("uid")
+
+        def members() -> set[int]:
+            if child is not None:
+                child.reap()  # our leader must not linger as a zombie
+            found = Cgroups.pids(cgroup_dirs)
+            if pid is not None:
+                found |= procinfo.instance_group(pid, pgid, ticks, uid)
+            return found
+
+        def send(sig: int) -> None:
+            if pid is not None and (child.reap() is None if child else procinfo.is_alive(pid, ticks)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, sig)  # the whole group at once, while we know it is ours
+            for p in members():  # stragglers that left the group, and those of a dead leader
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, sig)
+
+        async def gone_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while members():
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(POLL_S)
+            return True
+
+        if members():
+            log.info("instance %s: SIGTERM to process group %s", iid, pgid)
+            send(signal.SIGTERM)
+            if not await gone_within(grace):
+                log.info("instance %s: still running after %.1f s, SIGKILL", iid, grace)
+                send(signal.SIGKILL)
+                if not await gone_within(KILL_WAIT_S):
+                    return False
+        for _ in range(20):  # the kernel may take a moment to empty a cgroup
+            if Cgroups.remove(cgroup_dirs, quiet=True):
+                break
+            await asyncio.sleep(POLL_S)
+        if iid is not None:
+            if child is not None:
+                self._children.pop(iid, None)
+            self._forget(iid, handle.get("pid"))
+        return True
+
+    # -- listing, logs, health ----------------------------------------------------
+
+    async def list_owned(self) -> list[Handle]:
+        return [h for h in self._all_handles() if h.get("hub_id") == self.hub_id and self._alive(h)]
+
+    async def logs(self, handle: Handle, *, tail: int = 100) -> AsyncIterator[str]:
+        iid = handle.get("instance_id")
+        if not isinstance(iid, str) or not INSTANCE_ID_RE.match(iid):
+            return
+        for line in await asyncio.to_thread(procinfo.tail_lines, self.state_dir / iid / "output.log", tail):
+            yield line
+
+    async def health(self) -> None:
+        probe = self.state_dir / f".health-{os.getpid()}"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise BackendUnavailable(f"state directory {self.state_dir} is not writable: {exc}") from exc
+
+    async def close(self) -> None:
+        """Stop watching children; the instances themselves keep running."""
+        for child in self._children.values():
+            child.close()
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _child_for(self, handle: Handle) -> _Child | None:
+        child = self._children.get(str(handle.get("instance_id")))
+        return child if child is not None and child.popen.pid == handle.get("pid") else None
+
+    def _alive(self, handle: Handle) -> bool:
+        pid, ticks = _pid_ticks(handle)
+        if pid is None:
+            return False
+        child = self._child_for(handle)
+        return child.reap() is None if child is not None else procinfo.is_alive(pid, ticks)
+
+    def _read_json(self, iid: str, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.state_dir / iid / name).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _all_handles(self) -> list[Handle]:
+        handles = (
+            self._read_json(p.parent.name, p.name) for p in sorted(self.state_dir.glob("*/handle.json"))
+        )
+        return [h for h in handles if h is not None and INSTANCE_ID_RE.match(str(h.get("instance_id")))]
+
+    def _forget(self, iid: str, pid: Any) -> None:
+        """Remove the handle and exit record of a terminated instance (not its log)."""
+        for name in ("handle.json", "exit.json"):
+            current = self._read_json(iid, name)
+            # Only the instance being terminated: a newer submit may have replaced it.
+            if current is not None and current.get("pid") == pid:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.state_dir / iid / name).unlink()
+
+
+def _pid_ticks(handle: Handle) -> tuple[int | None, int | None]:
+    try:
+        pid = int(handle["pid"])
+        ticks = int(handle["start_ticks"])
+    except (KeyError, TypeError, ValueError):
+        return None, None
+    return (pid, ticks) if pid > 0 else (None, None)
+
+
+def _running(handle: Handle) -> Observation:
+    return Observation(Phase.RUNNING, url=f"http://{handle.get('host', HOST)}:{handle.get('port')}")
+
+
+def _exited(handle: Handle, rc: int, *, oom: bool) -> Observation:
+    """``rc`` as Popen reports it: negative for a signal (exit_code 128 + signal)."""
+    if rc == 0:
+        return Observation(Phase.SUCCEEDED, exit_code=0, message="exited with code 0")
+    if rc > 0:
+        return Observation(Phase.FAILED, exit_code=rc, message=f"exited with code {rc}")
+    sig = -rc
+    if sig == signal.SIGKILL and oom:
+        message = f"killed: out of memory (limit {handle.get('memory_mb')} MiB)"
+        return Observation(Phase.FAILED, exit_code=128 + sig, message=message, reason="OOM")
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = "unknown"
+    return Observation(Phase.FAILED, exit_code=128 + sig, message=f"killed by signal {sig} ({name})")
+
+
+def _fill(command: list[str], *, port: int, base_url: str, home: str) -> list[str]:
+    """Fill ``{port}``, ``{ip}``, ``{base_url}`` and ``{home}``; other braces stay.
+
+    One pass per argument, so a value that happens to contain a placeholder
+    (a home directory named ``{port}``) is not expanded again.
+    """
+    values = {"port": str(port), "ip": HOST, "base_url": base_url, "home": home}
+    return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], arg) for arg in command]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _count_gpus() -> int:
+    try:
+        return sum(1 for n in os.listdir("/dev") if re.fullmatch(r"nvidia[0-9]+", n))
+    except OSError:
+        return 0
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

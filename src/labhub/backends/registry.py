@@ -1,0 +1,38 @@
+"""Backends by name.  Built-ins plus entry points (group ``labhub.backends``);
+only the names listed in ``Settings.backends`` are ever instantiated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from labhub.backends.base import Backend
+
+Factory = Callable[..., Backend]
+
+
+def _local(*, data_dir: Path, isolation: str, **_: Any) -> Backend:
+    from labhub.backends.local import LocalBackend
+
+    return LocalBackend(state_dir=data_dir / "instances", hub_id="labhub", isolation=isolation)
+
+
+BUILTIN: dict[str, Factory] = {"local": _local}
+
+
+def available() -> dict[str, Factory]:
+    factories = dict(BUILTIN)
+    for ep in entry_points(group="labhub.backends"):
+        factories.setdefault(ep.name, ep.load())
+    return factories
+
+
+def create(names: list[str], **context: Any) -> dict[str, Backend]:
+    """Instantiate the enabled backends; unknown names raise ValueError naming the setting."""
+    factories = available()
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise ValueError(f"LABHUB_BACKENDS: unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(factories))}")
+    return {name: factories[name](**context) for name in names}

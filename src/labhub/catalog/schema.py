@@ -1,0 +1,169 @@
+"""What a template file may contain, and how launch parameters are checked.
+
+Templates are data, never code.  A template's ``command`` is an argument vector
+with placeholders the hub and backend fill in: ``{port}``, ``{ip}``,
+``{base_url}``, ``{home}`` (backend) and ``{param:NAME}`` (the user's validated
+parameter ``NAME``).  No shell ever sees it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PARAM_REF = re.compile(r"\{param:([a-z_][a-z0-9_]*)\}")
+
+
+class Param(BaseModel):
+    """One user-settable parameter, rendered as a form field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    title: str = ""
+    help: str = ""
+    type: Literal["string", "integer", "number", "boolean", "choice"] = "string"
+    default: Any = None
+    required: bool = False
+    choices: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    pattern: str | None = None
+    max_length: int = Field(default=256, gt=0, le=4096)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        if self.type == "choice" and not self.choices:
+            raise ValueError("a choice parameter needs `choices`")
+        if self.pattern is not None:
+            re.compile(self.pattern)
+        if self.default is not None:
+            error = self.check(self.default)[1]
+            if error:
+                raise ValueError(f"default: {error}")
+        return self
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """Coerce ``value``; return ``(value, None)`` or ``(None, reason)``."""
+        if self.type == "boolean":
+            if isinstance(value, bool):
+                return value, None
+            return None, "must be true or false"
+        if self.type in ("integer", "number"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None, f"must be a{'n integer' if self.type == 'integer' else ' number'}"
+            if self.type == "integer" and not float(value).is_integer():
+                return None, "must be an integer"
+            if self.min is not None and value < self.min:
+                return None, f"must be at least {self.min:g}"
+            if self.max is not None and value > self.max:
+                return None, f"must be at most {self.max:g}"
+            return (int(value) if self.type == "integer" else float(value)), None
+        if not isinstance(value, str):
+            return None, "must be a string"
+        if len(value) > self.max_length:
+            return None, f"must be at most {self.max_length} characters"
+        if "\x00" in value:
+            return None, "must not contain NUL characters"
+        if self.type == "choice" and value not in (self.choices or []):
+            return None, f"must be one of: {', '.join(self.choices or [])}"
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return None, f"must match {self.pattern}"
+        return value, None
+
+
+class Hours(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: float = Field(default=4, gt=0)
+    max: float = Field(default=24, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Hours:
+        if self.default > self.max:
+            raise ValueError("default must not exceed max")
+        return self
+
+
+class Template(BaseModel):
+    """A catalog entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str
+    description: str = ""
+    kind: Literal["workspace", "job", "service"] = "workspace"
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    ready_path: str | None = "api"  # probed under the base URL; None: alive means ready
+    sizes: list[str] | None = None  # allowed sizes; None: all configured sizes
+    default_size: str | None = None
+    hours: Hours = Field(default_factory=Hours)
+    start_timeout: float | None = Field(default=None, gt=0)
+    idle_timeout_hours: float | None = Field(default=None, gt=0)
+    params: list[Param] = Field(default_factory=list)
+    backends: list[str] | None = None  # allowed backends; None: all enabled
+    groups: list[str] | None = None  # restrict to members of these groups
+    source: str = Field(default="", exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _params_referenced_exist(self) -> Template:
+        names = {p.name for p in self.params}
+        if len(names) != len(self.params):
+            raise ValueError("parameter names must be unique")
+        for text in [*self.command, *self.env.values()]:
+            for ref in _PARAM_REF.findall(text):
+                if ref not in names:
+                    raise ValueError(f"command refers to undefined parameter {ref!r}")
+        if self.default_size and self.sizes and self.default_size not in self.sizes:
+            raise ValueError("default_size must be one of sizes")
+        return self
+
+    def check_params(self, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Validated parameter values with defaults, and errors keyed by name."""
+        values: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        by_name = {p.name: p for p in self.params}
+        for key in given:
+            if key not in by_name:
+                errors[key] = "unknown parameter"
+        for param in self.params:
+            if param.name not in given or given[param.name] is None:
+                if param.required and param.default is None:
+                    errors[param.name] = "required"
+                elif param.default is not None:
+                    values[param.name] = param.default
+                continue
+            value, error = param.check(given[param.name])
+            if error:
+                errors[param.name] = error
+            else:
+                values[param.name] = value
+        return values, errors
+
+    def render(self, values: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        """The command and env with ``{param:NAME}`` filled in (argv elements, no shell)."""
+
+        def fill(text: str) -> str:
+            return _PARAM_REF.sub(lambda m: _as_text(values.get(m.group(1))), text)
+
+        return [fill(arg) for arg in self.command], {k: fill(v) for k, v in self.env.items()}
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

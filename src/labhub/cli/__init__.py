@@ -1,0 +1,1 @@
+"""The `labhub` command: server-side admin commands and a client for a running hub."""

@@ -1,0 +1,10 @@
+"""ORM models.  Import from here: ``from labhub.models import User, Instance``."""
+
+from labhub.models.base import Base, UTCDateTime, utcnow
+from labhub.models.instance import ACTIVE, TERMINAL, AuditEvent, Event, Instance, Kind, Status
+from labhub.models.user import ApiToken, Group, LoginSession, Membership, Role, User, UserStatus
+
+__all__ = [
+    "ACTIVE", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Instance", "Kind",
+    "LoginSession", "Membership", "Role", "Status", "UTCDateTime", "User", "UserStatus", "utcnow",
+]

@@ -1,0 +1,114 @@
+"""Instances (workspaces, jobs, services) and their events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from labhub.models.base import Base, UTCDateTime, utcnow
+from labhub.models.user import User
+
+
+class Kind(enum.StrEnum):
+    WORKSPACE = "workspace"
+    JOB = "job"
+    SERVICE = "service"
+
+
+class Status(enum.StrEnum):
+    REQUESTED = "requested"
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNKNOWN = "unknown"  # backend unreachable; not killed, not forgotten
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+TERMINAL = frozenset({Status.STOPPED, Status.SUCCEEDED, Status.FAILED, Status.EXPIRED})
+ACTIVE = frozenset(Status) - TERMINAL
+
+
+class Instance(Base):
+    """One launch of a template by a user.
+
+    ``active_name`` equals ``name`` while the instance is not terminal and is
+    NULL afterwards: the unique constraint on ``(owner_id, active_name)`` lets
+    a user reuse a name once the old instance has ended, on every database.
+    """
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "active_name", name="uq_instances_owner_active_name"),
+        Index("ix_instances_owner_created", "owner_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    active_name: Mapped[str | None] = mapped_column(String(63))
+    template: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    size: Mapped[str] = mapped_column(String(63))
+    cpus: Mapped[float]
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    hours: Mapped[float]
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    backend: Mapped[str] = mapped_column(String(32))
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    upstream: Mapped[str | None] = mapped_column(String(255))  # http://host:port once known
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(String(32), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    start_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    owner: Mapped[User] = relationship(lazy="joined")
+
+    @property
+    def url(self) -> str:
+        return f"/user/{self.owner.name}/{self.name}/"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Event(Base):
+    """A timestamped, human-readable step in an instance's life."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_instance_id_id", "instance_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """A security decision: who did what to whom."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(63), default="")
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

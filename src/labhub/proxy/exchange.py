@@ -1,0 +1,108 @@
+"""Request-side data: the :class:`Exchange` (one request and its response),
+request header classification, and cookie helpers.  Kept free of I/O."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .routes import Route
+    from .upstream import UpstreamProtocol
+
+# request header classes
+_H_PASS, _H_HOST, _H_ACCEPT, _H_AUTH, _H_COOKIE, _H_CLEN, _H_TE, _H_UPGRADE, _H_DROP = range(9)
+_H_KIND = {
+    b"host": _H_HOST,
+    b"accept": _H_ACCEPT,
+    b"authorization": _H_AUTH,
+    b"cookie": _H_COOKIE,
+    b"content-length": _H_CLEN,
+    b"transfer-encoding": _H_TE,
+    b"upgrade": _H_UPGRADE,
+    b"connection": _H_DROP,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"x-forwarded-for": _H_DROP,
+    b"x-forwarded-proto": _H_DROP,
+    b"x-forwarded-host": _H_DROP,
+    b"forwarded": _H_DROP,
+}
+_COMMON = (b"User-Agent", b"Accept-Encoding", b"Accept-Language", b"Referer", b"Origin",
+           b"Content-Type", b"Cache-Control", b"Pragma", b"X-XSRFToken", b"X-Requested-With",
+           b"Sec-Fetch-Site", b"Sec-Fetch-Mode", b"Sec-Fetch-Dest", b"Sec-Fetch-User",
+           b"Sec-WebSocket-Key", b"Sec-WebSocket-Version", b"Sec-WebSocket-Extensions",
+           b"Sec-WebSocket-Protocol", b"If-None-Match", b"If-Modified-Since", b"Priority",
+           b"Upgrade-Insecure-Requests", b"DNT", b"Range", b"Expect")
+#: exact spellings seen on the wire -> class, to skip ``bytes.lower()`` for them
+_H_FAST: dict[bytes, int] = {}
+for _n in (*_H_KIND, *_COMMON):
+    for _v in (_n, _n.lower(), _n.title(), b"-".join(p.capitalize() for p in _n.split(b"-"))):
+        _H_FAST[_v] = _H_KIND.get(_v.lower(), _H_PASS)
+
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+
+
+class Exchange:
+    """One request and its response.  Class attributes are the defaults, so a
+    new exchange only stores what differs (cheap to create)."""
+
+    url = b""
+    hbytes = 0
+    method = b""
+    host: bytes | None = None
+    accept: bytes | None = None
+    authz: bytes | None = None
+    cookie: bytes | None = None
+    clen: bytes | None = None
+    upgrade_hdr: bytes | None = None
+    chunked = False
+    keep_alive = True
+    http10 = False
+    upgrade = False
+    head_done = False
+    req_done = False
+    resp_done = False
+    discard = False
+    retried = False
+    pbytes = 0
+    head = b""
+    key: Any = None
+    route: Route | None = None
+    up: UpstreamProtocol | None = None
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.pending: list[bytes] = []
+
+    def retryable(self) -> bool:
+        return (self.method in _IDEMPOTENT and not self.chunked and not self.upgrade
+                and (self.clen is None or self.clen.strip() == b"0"))
+
+
+def strip_cookies(cookie: bytes, names: tuple[bytes, ...]) -> bytes | None:
+    """``cookie`` without the cookies in ``names``; the others byte-for-byte."""
+    for n in names:
+        if n in cookie:
+            break
+    else:
+        return cookie
+    kept = [p for p in cookie.split(b";") if p.split(b"=", 1)[0].strip() not in names]
+    out = b";".join(kept).strip()
+    return out or None
+
+
+def cookie_value(cookie: bytes, name_eq: bytes) -> bytes | None:
+    """Value of the cookie whose ``name=`` is ``name_eq`` (first one wins)."""
+    i = cookie.find(name_eq)
+    while i >= 0:
+        if i == 0 or cookie[i - 1] in b" ;\t":
+            start = i + len(name_eq)
+            end = cookie.find(b";", start)
+            value = (cookie[start:] if end < 0 else cookie[start:end]).strip()
+            if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+                value = value[1:-1]
+            return value or None
+        i = cookie.find(name_eq, i + 1)
+    return None

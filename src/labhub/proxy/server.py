@@ -1,0 +1,196 @@
+"""The proxy data plane: LabHub's front door.
+
+:class:`ProxyServer` listens for HTTP/1.1 clients, sends ``/user/{owner}/{name}/...``
+to the instance in the :class:`~labhub.proxy.routes.RouteTable` (after checking
+the caller with the :class:`~labhub.proxy.routes.Authenticator`) and everything
+else to the hub app.  It is a lean asyncio protocol-level proxy (httptools
+callbacks, ``transport.write``, pooled keep-alive upstream connections) because
+that is what keeps it within reach of nginx; see ``/work/shared/PROXY-FACTS.md``.
+
+The per-connection work lives in :mod:`labhub.proxy.http` (client side) and
+:mod:`labhub.proxy.upstream` (upstream side); this module holds the
+configuration, the listening socket, the upstream connection pool and the
+idle-connection sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from .http import ClientProtocol
+from .routes import Authenticator, RouteTable
+from .upstream import UpstreamProtocol
+
+__all__ = ["ProxyServer"]
+
+log = logging.getLogger("labhub.proxy")
+
+_now = time.monotonic
+
+
+class ProxyServer:
+    """Authenticating reverse proxy for instances, falling back to the hub app.
+
+    ``hub_upstream`` is a unix socket path or a ``(host, port)`` pair.  The
+    server runs in the caller's event loop (uvloop in production; any asyncio
+    loop works).
+    """
+
+    def __init__(self, *, routes: RouteTable, auth: Authenticator,
+                 hub_upstream: str | tuple[str, int],
+                 session_cookie: str = "labhub_session",
+                 strip_cookies: tuple[str, ...] = ("labhub_session", "labhub_csrf"),
+                 login_path: str = "/login",
+                 max_header_bytes: int = 64 * 1024,
+                 upstream_connect_timeout: float = 10.0,
+                 idle_timeout: float = 300.0,
+                 upstream_idle_timeout: float = 4.0,
+                 max_idle_per_upstream: int = 64) -> None:
+        self.routes = routes
+        self.auth = auth
+        if isinstance(hub_upstream, str):
+            self.hub_key: Any = hub_upstream
+        else:
+            host, port = hub_upstream
+            self.hub_key = (host, int(port))
+        self.session_cookie = session_cookie
+        self.cookie_name_eq = session_cookie.encode() + b"="
+        self.strip_cookies_b = tuple(n.encode() for n in strip_cookies)
+        self.login_path = login_path
+        self.login_path_b = login_path.encode()
+        self.max_header_bytes = max_header_bytes
+        self.upstream_connect_timeout = upstream_connect_timeout
+        self.idle_timeout = idle_timeout
+        #: pooled upstream connections idle longer than this are not reused
+        #: (uvicorn closes idle keep-alive connections after 5 s by default)
+        self.upstream_idle_timeout = upstream_idle_timeout
+        self.max_idle_per_upstream = max_idle_per_upstream
+        self._pool: dict[Any, list[UpstreamProtocol]] = {}
+        self._clients: set[ClientProtocol] = set()
+        self._upstreams: set[UpstreamProtocol] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._port = 0
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (``port`` 0 picks a free one); returns once bound."""
+        if self._server is not None:
+            raise RuntimeError("ProxyServer already started")
+        loop = asyncio.get_running_loop()
+        self._closing = False
+        self._server = await loop.create_server(
+            lambda: ClientProtocol(self), host, port, backlog=2048, reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep())
+        log.info("proxy listening on %s:%s, hub at %s", host, self._port, self.hub_key)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def close(self) -> None:
+        """Stop listening; close client and upstream connections."""
+        self._closing = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for c in list(self._clients):
+            c.transport.abort()
+        for up in list(self._upstreams):
+            up.transport.abort()
+        self._pool.clear()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5.0)
+        await asyncio.sleep(0)
+
+    # -- upstream pool --------------------------------------------------------------
+
+    def pool_get(self, key: Any) -> UpstreamProtocol | None:
+        lst = self._pool.get(key)
+        if lst:
+            limit = _now() - self.upstream_idle_timeout
+            while lst:
+                up = lst.pop()
+                up.in_pool = False
+                if up.closed:
+                    continue
+                if up.idle_since < limit:
+                    up.transport.close()
+                    continue
+                return up
+        return None
+
+    def pool_put(self, up: UpstreamProtocol) -> None:
+        if self._closing or up.closed:
+            up.transport.close()
+            return
+        lst = self._pool.get(up.key)
+        if lst is None:
+            lst = self._pool[up.key] = []
+        elif len(lst) >= self.max_idle_per_upstream:
+            up.transport.close()
+            return
+        up.in_pool = True
+        up.idle_since = _now()
+        lst.append(up)
+
+    def pool_remove(self, up: UpstreamProtocol) -> None:
+        lst = self._pool.get(up.key)
+        if lst:
+            with contextlib.suppress(ValueError):
+                lst.remove(up)
+
+    async def connect(self, key: Any) -> UpstreamProtocol:
+        """A new connection to ``key`` (a unix socket path or ``(host, port)``)."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> UpstreamProtocol:
+            return UpstreamProtocol(self, key)
+
+        if isinstance(key, str):
+            coro = loop.create_unix_connection(factory, key)
+        else:
+            coro = loop.create_connection(factory, key[0], key[1])
+        _, proto = await asyncio.wait_for(coro, self.upstream_connect_timeout)
+        return proto
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        """Close idle keep-alive clients and stale pooled upstream connections."""
+        interval = max(0.05, min(self.idle_timeout, self.upstream_idle_timeout, 20.0) / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = _now()
+                client_limit = now - self.idle_timeout
+                for c in list(self._clients):
+                    if (c.active is None and c.tunnel is None and c.tunnel_buf is None
+                            and 0.0 < c.idle_since < client_limit and not c.closed):
+                        log.debug("closing idle client connection")
+                        c.close_after = True
+                        c.transport.close()
+                up_limit = now - self.upstream_idle_timeout
+                for key, lst in list(self._pool.items()):
+                    stale = [up for up in lst if up.idle_since < up_limit]
+                    for up in stale:
+                        lst.remove(up)
+                        up.in_pool = False
+                        up.transport.close()
+                    if not lst:
+                        del self._pool[key]
+            except Exception:  # pragma: no cover - never let housekeeping die
+                log.exception("proxy sweeper failed")

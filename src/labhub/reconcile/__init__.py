@@ -1,0 +1,1 @@
+"""Background loops that drive instances towards what the database says."""

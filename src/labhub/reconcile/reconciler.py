@@ -1,0 +1,391 @@
+"""The reconciler: drives every instance from what the database says.
+
+Each pass (:meth:`Reconciler.tick`) loads the active instances in one short
+transaction, then acts outside any transaction (backend calls, HTTP probes),
+then applies results in new short transactions through ``transition()``.
+
+Launches take a fast path: the API calls :meth:`Reconciler.kick` after
+recording a request, and a per-instance task submits it and watches it come
+up (backend observation plus an HTTP readiness probe, with a back-off from
+20 ms to 250 ms), so a launch is not held back by the tick interval.  Work in
+flight for an instance is tracked in ``_tasks`` so no instance is handled
+twice at once.  Tests drive it with an injected clock and ``await tick()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from sqlalchemy import select, update
+
+from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
+from labhub.models import ACTIVE, Instance, Status
+from labhub.services.instances import build_spec, request_stop
+from labhub.services.lifecycle import FINAL_FOR_STOP_REASON, can_transition, note, transition
+
+if TYPE_CHECKING:
+    from labhub.hub import Hub
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_IN_EVENTS = 20
+ORPHAN_SCAN_EVERY = 12  # ticks
+
+
+class Reconciler:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._ticks = 0
+        self._http: httpx.AsyncClient | None = None
+        self._flushed_activity: dict[str, float] = {}
+        self._stop_requested: set[str] = set()
+
+    # -- running ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._run(), name="labhub-reconciler")
+
+    async def stop(self) -> None:
+        """Stop reconciling (the instances themselves keep running)."""
+        tasks = [t for t in [self._loop, *self._tasks.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loop = None
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.flush_activity()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def kick(self, instance_id: str | None = None, *, stop: bool = False) -> None:
+        """Wake the loop now (after a launch or stop request)."""
+        if stop and instance_id:
+            self._stop_requested.add(instance_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        interval = self.hub.settings.reconcile_interval
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+
+    async def settle(self) -> None:
+        """Wait until no per-instance work is in flight (for tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    def _spawn(self, instance_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"labhub-instance-{instance_id}")
+        self._tasks[instance_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._tasks.get(instance_id) is t:
+                del self._tasks[instance_id]
+            if not t.cancelled() and t.exception() is not None:
+                log.error("instance %s: work failed", instance_id, exc_info=t.exception())
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    # -- one pass ----------------------------------------------------------------
+    async def tick(self) -> None:
+        """One reconcile pass over every active instance."""
+        self._ticks += 1
+        now = self.hub.clock()
+        async with self.hub.sessions() as session:
+            rows = (await session.execute(select(Instance).where(Instance.status.in_([s.value for s in ACTIVE])))).scalars()
+            instances = list(rows)
+        to_observe: dict[str, dict[str, Instance]] = {}
+        for inst in instances:
+            if inst.id in self._tasks:
+                continue
+            if inst.status != Status.STOPPING and inst.expires_at <= now:
+                await self._request_stop(inst.id, "expired")
+                continue
+            if inst.status in (Status.REQUESTED, Status.QUEUED, Status.STARTING):
+                self._spawn(inst.id, self._start(inst.id))
+            elif inst.status == Status.STOPPING:
+                self._spawn(inst.id, self._stop(inst.id))
+            elif inst.status in (Status.RUNNING, Status.UNKNOWN):
+                to_observe.setdefault(inst.backend, {})[inst.id] = inst
+        for backend_name, group in to_observe.items():
+            await self._observe_running(backend_name, group)
+        await self._cull_idle(now)
+        await self.flush_activity()
+        if self._ticks % ORPHAN_SCAN_EVERY == 1:
+            await self._clean_orphans()
+
+    # -- starting ------------------------------------------------------------------
+    async def _start(self, instance_id: str) -> None:
+        hub = self.hub
+        async with hub.sessions() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is None or inst.status not in (Status.REQUESTED, Status.QUEUED, Status.STARTING):
+                return
+            owner = inst.owner.name
+            handle = inst.handle
+            backend = hub.backends.get(inst.backend)
+            template = hub.catalog.get(inst.template)
+            spec = None
+            if template is not None:
+                spec = build_spec(inst, template, owner=owner, token=hub.instance_token(inst.id), home=hub.home_for(owner))
+            ready_path = template.ready_path if template else None
+            timeout = (template.start_timeout if template and template.start_timeout else None) or hub.settings.start_timeout
+            deadline = inst.start_deadline
+        if backend is None or spec is None:
+            what = f"backend {inst.backend!r} is not enabled" if backend is None else f"template {inst.template!r} no longer exists"
+            await self._apply(instance_id, Status.FAILED, "config", f"cannot start: {what}")
+            return
+        if handle is None:
+            if refused := backend.unsupported(spec):
+                await self._apply(instance_id, Status.FAILED, "unsupported", "; ".join(f"{k}: {v}" for k, v in refused.items()))
+                return
+            try:
+                handle = await backend.submit(spec)
+            except BackendError as exc:
+                await self._apply(instance_id, Status.FAILED, "submit_failed", f"{backend.name} backend: {exc}")
+                return
+            deadline = hub.clock() + dt.timedelta(seconds=timeout)
+            async with hub.tx() as session:
+                inst = await session.get(Instance, instance_id)
+                if inst is None:
+                    await backend.terminate(handle, grace=0)
+                    return
+                inst.handle = handle
+                inst.start_deadline = deadline
+                if inst.status == Status.REQUESTED:
+                    transition(session, inst, Status.STARTING, reason="submitted",
+                               message=f"started on the {backend.name} backend{_describe(handle)}")
+                elif inst.status == Status.STOPPING:
+                    return
+        assert deadline is not None
+        await self._watch_start(instance_id, backend, handle, spec.base_url, spec.token, ready_path, deadline, timeout)
+
+    async def _watch_start(self, instance_id: str, backend: Backend, handle: Handle, base_url: str,
+                           token: str, ready_path: str | None, deadline: dt.datetime, timeout: float) -> None:
+        delay = 0.02
+        started = time.monotonic()
+        last_db_check = started
+        pending_reported = ""
+        while True:
+            obs = await backend.observe(instance_id, handle)
+            if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
+                message = obs.message or f"exited ({obs.phase})"
+                await self._apply(instance_id, Status.FAILED, obs.reason or "start_failed",
+                                  f"failed to start: {message}" + await self._log_tail(backend, handle))
+                return
+            if obs.phase == Phase.PENDING and obs.message != pending_reported:
+                pending_reported = obs.message
+                await self._apply(instance_id, Status.QUEUED, "queued", obs.message or "waiting for resources")
+            if obs.phase in (Phase.RUNNING, Phase.STARTING) and obs.url:
+                if await self._probe(obs.url, base_url, ready_path, token):
+                    took = time.monotonic() - started
+                    await self._became_ready(instance_id, obs.url, took)
+                    return
+            if self.hub.clock() >= deadline:
+                message = f"did not become ready within {timeout:g} s"
+                if obs.message:
+                    message += f"; {backend.name} says: {obs.message}"
+                message += await self._log_tail(backend, handle)
+                await backend.terminate(handle, grace=self.hub.settings.stop_grace)
+                await self._apply(instance_id, Status.FAILED, "start_timeout", message)
+                return
+            now = time.monotonic()
+            if instance_id in self._stop_requested or now - last_db_check > 0.5:
+                last_db_check = now
+                if await self._status(instance_id) not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
+                    return  # a stop was requested; the next pass stops it
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def _probe(self, url: str, base_url: str, ready_path: str | None, token: str) -> bool:
+        if ready_path is None:
+            return True
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0))
+        try:
+            resp = await self._http.get(f"{url}{base_url}{ready_path}", headers={"Authorization": f"token {token}"})
+        except httpx.HTTPError:
+            return False
+        return resp.status_code < 500 and resp.status_code not in (404, 401, 403)
+
+    async def _became_ready(self, instance_id: str, url: str, took: float) -> None:
+        async with self.hub.tx() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is None or inst.status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
+                return
+            inst.upstream = url
+            transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s")
+            route = self.hub.route_for(inst)
+        if route is not None:
+            self.hub.routes.add(route)
+
+    # -- running ---------------------------------------------------------------------
+    async def _observe_running(self, backend_name: str, group: dict[str, Instance]) -> None:
+        backend = self.hub.backends.get(backend_name)
+        if backend is None:
+            return
+        handles = {iid: inst.handle or {} for iid, inst in group.items()}
+        try:
+            observations = await backend.observe_many(handles)
+        except BackendError as exc:
+            observations = {iid: Observation(Phase.UNKNOWN, message=str(exc)) for iid in handles}
+        for iid, obs in observations.items():
+            inst = group[iid]
+            if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
+                self.hub.routes.remove_instance(iid)
+                tail = await self._log_tail(backend, handles[iid])
+                if obs.phase == Phase.SUCCEEDED and inst.kind == "job":
+                    await self._apply(iid, Status.SUCCEEDED, "exited", "finished successfully" + tail)
+                elif obs.phase == Phase.SUCCEEDED:
+                    await self._apply(iid, Status.STOPPED, "exited", "the process exited on its own (code 0)" + tail)
+                else:
+                    await self._apply(iid, Status.FAILED, obs.reason or "exited", (obs.message or "gone") + tail)
+            elif obs.phase == Phase.UNKNOWN and inst.status != Status.UNKNOWN:
+                await self._apply(iid, Status.UNKNOWN, "backend_unreachable",
+                                  f"{backend.name} backend unreachable: {obs.message}; will keep trying")
+            elif obs.phase in (Phase.RUNNING, Phase.STARTING) and inst.status == Status.UNKNOWN:
+                await self._apply(iid, Status.RUNNING, "recovered", f"{backend.name} backend reachable again")
+            if obs.phase == Phase.RUNNING and obs.url and obs.url != inst.upstream:
+                async with self.hub.tx() as session:
+                    row = await session.get(Instance, iid)
+                    if row is not None:
+                        row.upstream = obs.url
+                        route = self.hub.route_for(row)
+                if route is not None:
+                    self.hub.routes.add(route)
+
+    # -- stopping -----------------------------------------------------------------------
+    async def _request_stop(self, instance_id: str, reason: str) -> None:
+        async with self.hub.tx() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is not None:
+                request_stop(session, inst, actor=None, reason=reason)
+        self._spawn(instance_id, self._stop(instance_id))
+
+    async def _stop(self, instance_id: str) -> None:
+        hub = self.hub
+        self._stop_requested.discard(instance_id)
+        hub.routes.remove_instance(instance_id)
+        async with hub.sessions() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is None or inst.status != Status.STOPPING:
+                return
+            handle, backend, why = inst.handle, hub.backends.get(inst.backend), inst.reason
+        gone = True
+        if handle and backend is not None:
+            try:
+                gone = await backend.terminate(handle, grace=hub.settings.stop_grace)
+            except BackendError as exc:
+                log.warning("instance %s: terminate failed: %s", instance_id, exc)
+                gone = False
+        if not gone:
+            async with hub.tx() as session:
+                inst = await session.get(Instance, instance_id)
+                if inst is not None:
+                    note(session, inst, reason="stop_retry", message="could not confirm the stop yet; retrying")
+            return
+        final = FINAL_FOR_STOP_REASON.get(why, Status.STOPPED)
+        message = {"expired": "expired: its duration ran out", "idle": "stopped: idle for too long",
+                   "admin": "stopped by an admin", "user": "stopped by the owner"}.get(why, f"stopped ({why})")
+        await self._apply(instance_id, final, why or "stopped", message)
+
+    async def _cull_idle(self, now: dt.datetime) -> None:
+        for route in self.hub.routes.all():
+            async with self.hub.sessions() as session:
+                inst = await session.get(Instance, route.instance_id)
+                if inst is None or inst.status != Status.RUNNING:
+                    continue
+                template = self.hub.catalog.get(inst.template)
+                if template is None or template.idle_timeout_hours is None:
+                    continue
+                last = max(route.last_activity, (inst.started_at or inst.created_at).timestamp())
+            if now.timestamp() - last > template.idle_timeout_hours * 3600:
+                await self._request_stop(route.instance_id, "idle")
+
+    async def flush_activity(self) -> None:
+        """Write the proxy's in-memory last-activity times to the database."""
+        changed = [(r.instance_id, r.last_activity) for r in self.hub.routes.all()
+                   if r.last_activity and r.last_activity != self._flushed_activity.get(r.instance_id)]
+        if not changed:
+            return
+        async with self.hub.tx() as session:
+            for iid, ts in changed:
+                await session.execute(update(Instance).where(Instance.id == iid)
+                                      .values(last_activity_at=dt.datetime.fromtimestamp(ts, dt.UTC)))
+        self._flushed_activity.update(changed)
+
+    async def _clean_orphans(self) -> None:
+        async with self.hub.sessions() as session:
+            known = set((await session.execute(select(Instance.id).where(Instance.status.in_([s.value for s in ACTIVE])))).scalars())
+        for backend in self.hub.backends.values():
+            try:
+                owned = await backend.list_owned()
+            except BackendError as exc:
+                log.warning("%s backend: cannot list instances: %s", backend.name, exc)
+                continue
+            for handle in owned:
+                iid = handle.get("instance_id")
+                if iid and iid not in known and iid not in self._tasks:
+                    log.warning("%s backend: terminating orphan %s", backend.name, iid)
+                    await backend.terminate(handle, grace=self.hub.settings.stop_grace)
+
+    async def restore_routes(self) -> None:
+        """At start: routes for every running instance, from the database."""
+        async with self.hub.sessions() as session:
+            for inst in await self.hub.running_instances(session):
+                route = self.hub.route_for(inst)
+                if route is not None:
+                    self.hub.routes.add(route)
+
+    # -- helpers ------------------------------------------------------------------------------
+    async def _apply(self, instance_id: str, to: Status, reason: str, message: str) -> None:
+        async with self.hub.tx() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is None or inst.status == to:
+                return
+            if not can_transition(inst.status, to):
+                log.info("instance %s: not moving %s -> %s (%s)", instance_id, inst.status, to, reason)
+                return
+            transition(session, inst, to, reason=reason, message=message)
+        if to not in (Status.RUNNING, Status.UNKNOWN):
+            self.hub.routes.remove_instance(instance_id)
+
+    async def _status(self, instance_id: str) -> str | None:
+        async with self.hub.sessions() as session:
+            return (await session.execute(select(Instance.status).where(Instance.id == instance_id))).scalar_one_or_none()
+
+    async def _log_tail(self, backend: Backend, handle: Handle) -> str:
+        try:
+            lines = [line async for line in backend.logs(handle, tail=LOG_TAIL_IN_EVENTS)]
+        except (BackendError, OSError):
+            return ""
+        return ("\n--- last log lines ---\n" + "\n".join(lines)) if lines else ""
+
+
+def _describe(handle: Handle) -> str:
+    for key in ("pid", "job_id", "pod"):
+        if key in handle:
+            return f" ({key.replace('_', ' ')} {handle[key]})"
+    return ""

@@ -1,0 +1,114 @@
+"""Running the hub: the app behind a unix socket, the proxy on the public port.
+
+The proxy (``labhub.proxy``) is the front door: it serves ``/user/...``
+routes itself and passes everything else to the FastAPI app, which uvicorn
+serves on a unix socket in the data directory.  Both run in one process and
+one event loop, sharing the route table and the authentication cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from labhub.api.app import create_app
+from labhub.hub import Hub
+from labhub.proxy import ProxyServer
+from labhub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _socket_path(data_dir: Path) -> Path:
+    path = data_dir / "run" / "hub.sock"
+    if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+        path = Path(tempfile.mkdtemp(prefix="labhub-")) / "hub.sock"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return path
+
+
+class RunningHub:
+    """A started hub: its parts and how to stop it."""
+
+    def __init__(self, hub: Hub, proxy: ProxyServer, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+        self.hub = hub
+        self.proxy = proxy
+        self.server = server
+        self._task = task
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.hub.settings.host}:{self.proxy.port}"
+
+    async def close(self) -> None:
+        await self.proxy.close()
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.hub.close()
+
+
+async def start(settings: Settings, *, reconcile: bool = True) -> RunningHub:
+    """Start everything; returns once the proxy is listening and the app answers."""
+    hub = Hub(settings)
+    await hub.start(reconcile=reconcile)
+    sock = _socket_path(settings.data_dir)
+    config = uvicorn.Config(
+        create_app(hub), uds=str(sock), log_level=settings.log_level, access_log=False,
+        proxy_headers=True, forwarded_allow_ips="*", lifespan="off", loop="none", http="httptools",
+        ws="none", timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own signals
+    task = asyncio.create_task(server.serve(), name="labhub-app")
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("the hub app failed to start")
+        await asyncio.sleep(0.005)
+    os.chmod(sock, 0o600)
+    proxy = ProxyServer(routes=hub.routes, auth=hub.auth, hub_upstream=str(sock))
+    await proxy.start(settings.host, settings.port)
+    return RunningHub(hub, proxy, server, task)
+
+
+def login_instructions(running: RunningHub) -> str:
+    base = running.hub.settings.public_url or running.url
+    if running.hub.setup_token:
+        return (f"LabHub is running at {base}\n"
+                f"No admin exists yet. Create the first admin (this link works once):\n"
+                f"  {base}/setup?token={running.hub.setup_token}\n"
+                f"or on this machine: labhub user add NAME --admin --password-stdin")
+    return f"LabHub is running at {base}\nLog in at {base}/login"
+
+
+async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:
+    """Run until SIGINT/SIGTERM.  Instances keep running across restarts."""
+    running = await start(settings)
+    announce(login_instructions(running))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (instances keep running)")
+    await running.close()
+
+
+def run(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

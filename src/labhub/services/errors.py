@@ -1,0 +1,30 @@
+"""Errors services raise; the API maps them to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class.  ``fields`` maps form/JSON field names to messages."""
+
+    status = 400
+
+    def __init__(self, message: str, *, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+
+
+class Invalid(ServiceError):
+    status = 422
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class Conflict(ServiceError):
+    status = 409

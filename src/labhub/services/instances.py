@@ -1,0 +1,207 @@
+"""Launching, finding, listing and stopping instances."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from labhub.backends.base import Backend, LaunchSpec, Resources
+from labhub.catalog import Catalog, Template
+from labhub.catalog.schema import NAME_RE
+from labhub.models import ACTIVE, Event, Instance, Status, User, utcnow
+from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
+from labhub.services.lifecycle import can_transition, record_event, transition
+from labhub.settings import Size
+
+NAME_RULE = "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+
+
+def template_allowed(template: Template, *, user: User, groups: set[str]) -> bool:
+    return user.is_admin or not template.groups or bool(groups & set(template.groups))
+
+
+def resolve_backend(template: Template, requested: str | None, enabled: Mapping[str, Backend]) -> tuple[str | None, str | None]:
+    """``(backend name, None)`` or ``(None, reason)``."""
+    allowed = [b for b in (template.backends or list(enabled)) if b in enabled]
+    if not allowed:
+        return None, "no enabled backend can run this template"
+    if requested is None:
+        return allowed[0], None
+    if requested not in allowed:
+        return None, f"must be one of: {', '.join(allowed)}"
+    return requested, None
+
+
+def build_spec(
+    instance: Instance, template: Template, *, owner: str, token: str, home: Path | None
+) -> LaunchSpec:
+    """The backend's view of an instance (pure)."""
+    command, env = template.render(instance.params or {})
+    env = {**env, "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token, "JUPYTER_TOKEN": token}
+    return LaunchSpec(
+        instance_id=instance.id,
+        owner=owner,
+        name=instance.name,
+        kind=instance.kind,
+        command=command,
+        env=env,
+        resources=Resources(cpus=instance.cpus, memory_mb=instance.memory_mb, gpus=instance.gpus),
+        base_url=f"/user/{owner}/{instance.name}/",
+        token=token,
+        time_limit_s=max(60, int(instance.hours * 3600)),
+        home=str(home) if home is not None else None,
+    )
+
+
+async def launch(
+    session: AsyncSession,
+    *,
+    user: User,
+    catalog: Catalog,
+    sizes: Mapping[str, Size],
+    backends: Mapping[str, Backend],
+    template: str,
+    name: str,
+    size: str | None = None,
+    hours: float | None = None,
+    params: dict[str, Any] | None = None,
+    backend: str | None = None,
+    groups: set[str] | None = None,
+    now: dt.datetime | None = None,
+) -> Instance:
+    """Validate a launch request and record it as ``requested``.
+
+    Every problem is reported at once, keyed by field; nothing is written
+    unless the whole request is valid.  The reconciler does the rest.
+    """
+    errors: dict[str, str] = {}
+    tpl = catalog.get(template)
+    if tpl is None or not template_allowed(tpl, user=user, groups=groups or set()):
+        raise Invalid("unknown template", fields={"template": f"no template named {template!r}"})
+    if not NAME_RE.match(name or ""):
+        errors["name"] = NAME_RULE
+    size = size or tpl.default_size or next(iter(tpl.sizes or sizes))
+    allowed_sizes = [s for s in (tpl.sizes or list(sizes)) if s in sizes]
+    if size not in allowed_sizes:
+        errors["size"] = f"must be one of: {', '.join(allowed_sizes)}"
+    hours = tpl.hours.default if hours is None else hours
+    if not (0 < hours <= tpl.hours.max):
+        errors["hours"] = f"must be more than 0 and at most {tpl.hours.max:g}"
+    values, param_errors = tpl.check_params(params or {})
+    errors.update({f"params.{k}": v for k, v in param_errors.items()})
+    backend_name, reason = resolve_backend(tpl, backend, backends)
+    if reason:
+        errors["backend"] = reason
+    if errors:
+        raise Invalid("invalid launch request", fields=errors)
+
+    assert backend_name is not None
+    preset = sizes[size]
+    now = now or utcnow()
+    instance = Instance(
+        id=uuid.uuid4().hex,
+        owner_id=user.id,
+        name=name,
+        active_name=name,
+        template=tpl.name,
+        kind=tpl.kind,
+        size=size,
+        cpus=preset.cpus,
+        memory_mb=preset.memory_mb,
+        gpus=preset.gpus,
+        hours=hours,
+        params=values,
+        backend=backend_name,
+        status=Status.REQUESTED,
+        created_at=now,
+        expires_at=now + dt.timedelta(hours=hours),
+    )
+    instance.owner = user
+    spec = build_spec(instance, tpl, owner=user.name, token="-", home=None)
+    if refused := backends[backend_name].unsupported(spec):
+        raise Invalid("the backend cannot run this request", fields=refused)
+    existing = await session.execute(
+        select(Instance.id).where(Instance.owner_id == user.id, Instance.active_name == name)
+    )
+    if existing.first() is not None:
+        raise Conflict("name already in use", fields={"name": f"you already have an instance named {name!r}"})
+    session.add(instance)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent launch with the same name won the race
+        raise Conflict("name already in use", fields={"name": f"you already have an instance named {name!r}"}) from exc
+    transition_msg = f"{tpl.title} requested: size {size}, {hours:g} h, on {backend_name}"
+    event = Event(instance_id=instance.id, at=now, status=Status.REQUESTED, reason="requested", message=transition_msg)
+    session.add(event)
+    record_event(session, event, owner_id=user.id)
+    return instance
+
+
+async def get_instance(session: AsyncSession, *, user: User, instance_id: str) -> Instance:
+    """The instance if ``user`` may see it: 404 when it does not exist, 403 when it is someone else's."""
+    instance = await session.get(Instance, instance_id)
+    if instance is None:
+        raise NotFound("no such instance")
+    if instance.owner_id != user.id and not user.is_admin:
+        raise Forbidden("not your instance")
+    return instance
+
+
+async def find_by_name(session: AsyncSession, *, owner: User, name: str) -> Instance | None:
+    """The owner's active instance with this name, else the newest ended one."""
+    rows = await session.execute(
+        select(Instance)
+        .where(Instance.owner_id == owner.id, Instance.name == name)
+        .order_by(Instance.active_name.is_(None), Instance.created_at.desc())
+        .limit(1)
+    )
+    return rows.scalar_one_or_none()
+
+
+async def list_instances(
+    session: AsyncSession,
+    *,
+    user: User,
+    owner: User | None = None,
+    all_owners: bool = False,
+    name: str | None = None,
+    status: str | None = None,
+    active: bool | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[Instance]:
+    if (owner is not None and owner.id != user.id or all_owners) and not user.is_admin:
+        raise Forbidden("only admins may list other users' instances")
+    query = select(Instance).order_by(Instance.created_at.desc()).limit(limit).offset(offset)
+    if not all_owners:
+        query = query.where(Instance.owner_id == (owner or user).id)
+    if name is not None:
+        query = query.where(Instance.name == name)
+    if status is not None:
+        query = query.where(Instance.status == status)
+    if active is True:
+        query = query.where(Instance.status.in_([s.value for s in ACTIVE]))
+    elif active is False:
+        query = query.where(Instance.status.not_in([s.value for s in ACTIVE]))
+    return list((await session.execute(query)).scalars())
+
+
+def request_stop(session: AsyncSession, instance: Instance, *, actor: User | None, reason: str = "user") -> bool:
+    """Ask the reconciler to stop ``instance``; False when it is already stopping or ended."""
+    if instance.status == Status.STOPPING or not can_transition(instance.status, Status.STOPPING):
+        return False
+    if reason == "user" and actor is not None and actor.id != instance.owner_id:
+        reason, message = "admin", f"stop requested by admin {actor.name}"
+    elif reason == "user":
+        message = "stop requested by the owner"
+    else:
+        message = f"stop requested: {reason}"
+    transition(session, instance, Status.STOPPING, reason=reason, message=message)
+    return True
