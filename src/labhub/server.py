@@ -9,6 +9,7 @@ one event loop, sharing the route table and the authentication cache.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import contextlib
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from labhub.api.app import create_app
+from labhub.backends.base import Backend
 from labhub.hub import Hub
 from labhub.proxy import ProxyServer
 from labhub.settings import Settings
@@ -58,9 +60,13 @@ class RunningHub:
         await self.hub.close()
 
 
-async def start(settings: Settings, *, reconcile: bool = True) -> RunningHub:
-    """Start everything; returns once the proxy is listening and the app answers."""
-    hub = Hub(settings)
+async def start(settings: Settings, *, reconcile: bool = True, backends: dict[str, Backend] | None = None,
+                clock: Callable[[], dt.datetime] | None = None) -> RunningHub:
+    """Start everything; returns once the proxy is listening and the app answers.
+
+    ``backends`` and ``clock`` replace the configured ones (tests inject fakes).
+    """
+    hub = Hub(settings, backends=backends, **({"clock": clock} if clock else {}))
     await hub.start(reconcile=reconcile)
     sock = _socket_path(settings.data_dir)
     config = uvicorn.Config(

@@ -131,6 +131,16 @@ class LocalBackend(Backend):
         self.clock = clock
         auto = isolation == "auto"
         self._accounts = Accounts(account_prefix) if auto and os.geteuid() == 0 else None
+        self._no_accounts_reason = ""
+        if self._accounts is not None:
+            blocked = _first_private_dir([Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent,
+                                          self.state_dir])
+            if blocked is not None:
+                # Per-user accounts could not execute our Python or reach their homes:
+                # run as the hub's user rather than fail every launch, and say so.
+                self._accounts = None
+                self._no_accounts_reason = f" because {blocked} is not accessible to other accounts"
+                log.warning("local backend: not switching to per-user accounts: %s is not accessible to them", blocked)
         cgroups = Cgroups(Path(cgroup_root)) if auto else None
         self._cgroups = cgroups if cgroups is not None and cgroups.available else None
         self._gpu_count = _count_gpus() if gpus is None else gpus
@@ -143,7 +153,7 @@ class LocalBackend(Backend):
         if self._accounts is not None:
             who = f"processes run as per-user system accounts ({self._accounts.prefix}<user>)"
         else:
-            who = f"processes run as the hub's own user ({_user_name(os.geteuid())})"
+            who = f"processes run as the hub's own user ({_user_name(os.geteuid())}){self._no_accounts_reason}"
         if self._cgroups is not None:
             limits = f"{', '.join(self._cgroups.parents)} limited by cgroup v1"
         elif self.isolation == "none":
@@ -504,3 +514,17 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _first_private_dir(paths: list[Path]) -> Path | None:
+    """The first directory on the way to any of ``paths`` that others cannot traverse."""
+    for path in paths:
+        path = path.resolve()
+        for directory in [*reversed(path.parents), path]:
+            try:
+                mode = directory.stat().st_mode
+            except OSError:
+                continue
+            if not mode & 0o001:
+                return directory
+    return None

@@ -198,6 +198,9 @@ class Reconciler:
             if obs.phase == Phase.PENDING and obs.message != pending_reported:
                 pending_reported = obs.message
                 await self._apply(instance_id, Status.QUEUED, "queued", obs.message or "waiting for resources")
+            elif obs.phase in (Phase.STARTING, Phase.RUNNING) and pending_reported:
+                pending_reported = ""
+                await self._apply(instance_id, Status.STARTING, "allocated", "resources allocated; starting")
             if obs.phase in (Phase.RUNNING, Phase.STARTING) and obs.url:
                 if await self._probe(obs.url, base_url, ready_path, token):
                     took = time.monotonic() - started

@@ -1,0 +1,32 @@
+# LabHub: the two commands a fresh clone needs are `make run` and `make test`.
+SHELL := /bin/bash
+# The system Python, so per-user accounts can execute the venv (a pyenv under /root is unreadable to them).
+PYTHON ?= $(shell [ -x /usr/bin/python3.11 ] && echo /usr/bin/python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: run test lint deps system clean
+
+run: $(STAMP)  ## run the hub on ./labhub-data (SQLite, local backend); prints how to log in
+	$(BIN)/labhub serve
+
+test: $(STAMP) system  ## install everything the tests need, start their services, run them all
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+deps: $(STAMP)
+
+system:  ## Debian packages and services the tests use (root installs; otherwise it checks)
+	bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml
+	bash scripts/python-deps.sh "$(PYTHON)" "$(VENV)"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

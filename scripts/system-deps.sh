@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Debian packages and services the test suite uses, installed and started when missing.
+# Idempotent; as root it installs, otherwise it only reports what is missing.
+set -euo pipefail
+root=0; [ "$(id -u)" = 0 ] && root=1
+missing=()
+command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ $root = 1 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "warning: missing Debian packages (run as root to install): ${missing[*]}" >&2
+  fi
+fi
+
+# PostgreSQL on 127.0.0.1:5432, user postgres without a password (a test-only cluster).
+if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  hba=/etc/postgresql/$version/main/pg_hba.conf
+  if [ $root = 1 ] && ! grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
+    sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+fi
+pg_isready -h 127.0.0.1 -p 5432 || echo "warning: PostgreSQL is not answering on 127.0.0.1:5432" >&2

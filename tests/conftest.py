@@ -1,0 +1,205 @@
+"""Fixtures shared by the hub's tests: databases, a running hub, users, a trivial upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from labhub import server
+from labhub.settings import Settings
+
+TERMINAL = {"stopped", "succeeded", "failed", "expired"}
+POSTGRES_ADMIN_URL = os.environ.get("LABHUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import asyncpg
+
+    name = f"labhub_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("LABHUB_TEST_POSTGRES") == "skip":
+            pytest.skip(f"PostgreSQL unavailable: {exc}")
+        pytest.fail(f"PostgreSQL is required for these tests ({POSTGRES_ADMIN_URL}): {exc}; "
+                    "`make test` starts it, or set LABHUB_TEST_POSTGRES=skip")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'hub.sqlite'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'hub.sqlite'}"
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data", "bind": "127.0.0.1:0", "database_url": database_url,
+        "reconcile_interval": 0.2, "stop_grace": 2.0, "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Caller:
+    """A user of a running hub with an API token and an HTTP client."""
+
+    name: str
+    token: str
+    http: httpx.AsyncClient
+
+
+class Harness:
+    """A hub running in this test's event loop, plus helpers to add users."""
+
+    def __init__(self, running: server.RunningHub) -> None:
+        self.running = running
+        self.hub = running.hub
+        self.url = running.url
+        self._clients: list[httpx.AsyncClient] = []
+
+    def client(self, **kwargs: object) -> httpx.AsyncClient:
+        http = httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+        self._clients.append(http)
+        return http
+
+    async def user(self, name: str, *, admin: bool = False, password: str | None = None) -> Caller:
+        from labhub.services import credentials, users
+
+        async with self.hub.tx() as session:
+            user = await users.create_user(session, name=name, password=password or secrets.token_urlsafe(12),
+                                           admin=admin)
+            _, token = await credentials.issue_token(session, user=user, note="test")
+        return Caller(name, token, self.client(headers={"Authorization": f"Bearer {token}"}))
+
+    async def wait_status(self, caller: Caller, instance_id: str, statuses: set[str], timeout: float = 60) -> dict:
+        """Poll the API until the instance reaches one of ``statuses``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        body: dict = {}
+        while loop.time() < deadline:
+            body = (await caller.http.get(f"/api/v1/instances/{instance_id}")).json()
+            if body["status"] in statuses:
+                return body
+            if body["status"] in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        events = (await caller.http.get(f"/api/v1/instances/{instance_id}/events")).json()
+        raise AssertionError(f"instance is {body.get('status')}, not {statuses}; events: {json.dumps(events, indent=1)}")
+
+    async def close(self) -> None:
+        for http in self._clients:
+            await http.aclose()
+        await self.running.close()
+
+
+@pytest_asyncio.fixture
+async def start_hub(tmp_path: Path) -> AsyncIterator:
+    """Factory: ``await start_hub(database_url, backends=..., **settings)`` -> Harness."""
+    harnesses: list[Harness] = []
+
+    async def start(database_url: str, *, backends: dict | None = None, clock=None, **overrides: object) -> Harness:
+        settings = make_settings(tmp_path, database_url, **overrides)
+        harness = Harness(await server.start(settings, backends=backends, clock=clock))
+        harnesses.append(harness)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        await harness.close()
+
+
+class EchoUpstream:
+    """A trivial HTTP/1.1 server answering 200 with what it received, on any path."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        key, _, value = line.partition(":")
+                        headers[key.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                record = {"method": method, "path": path, "headers": headers, "body": body.decode("latin-1")}
+                self.requests.append(record)
+                payload = json.dumps(record).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest_asyncio.fixture
+async def echo_upstream() -> AsyncIterator[EchoUpstream]:
+    upstream = EchoUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.close()
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory other accounts can traverse (pytest's own is 0700),
+    so the local backend can run instances as per-user accounts."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="labhub-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
