@@ -176,7 +176,7 @@ class Reconciler:
                 inst.start_deadline = deadline
                 if inst.status == Status.REQUESTED:
                     transition(session, inst, Status.STARTING, reason="submitted",
-                               message=f"started on the {backend.name} backend{_describe(handle)}")
+                               message=f"started on the {backend.name} backend{_describe(handle)}", now=hub.clock())
                 elif inst.status == Status.STOPPING:
                     return
         assert deadline is not None
@@ -239,7 +239,8 @@ class Reconciler:
             if inst is None or inst.status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
                 return
             inst.upstream = url
-            transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s")
+            transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s",
+                       now=self.hub.clock())
             route = self.hub.route_for(inst)
         if route is not None:
             self.hub.routes.add(route)
@@ -371,7 +372,7 @@ class Reconciler:
             if not can_transition(inst.status, to):
                 log.info("instance %s: not moving %s -> %s (%s)", instance_id, inst.status, to, reason)
                 return
-            transition(session, inst, to, reason=reason, message=message)
+            transition(session, inst, to, reason=reason, message=message, now=self.hub.clock())
         if to not in (Status.RUNNING, Status.UNKNOWN):
             self.hub.routes.remove_instance(instance_id)
 
