@@ -43,3 +43,11 @@ def test_secret_key_is_generated_once_and_private(tmp_path):
     key = load_secret_key(tmp_path)
     assert len(key) >= 32 and load_secret_key(tmp_path) == key
     assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_backends_accept_a_comma_list_or_json(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABHUB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LABHUB_BACKENDS", "local, slurm")
+    assert load_settings().backends == ["local", "slurm"]
+    monkeypatch.setenv("LABHUB_BACKENDS", '["slurm"]')
+    assert load_settings().backends == ["slurm"]

@@ -45,7 +45,7 @@ class Hub:
         self.sessions = db.make_sessionmaker(self.engine)
         self.catalog: Catalog = Catalog()
         self.backends: dict[str, Backend] = backends if backends is not None else registry.create(
-            settings.backends, data_dir=settings.data_dir, isolation=settings.isolation
+            settings.backends, data_dir=settings.data_dir, isolation=settings.isolation, settings=settings
         )
         self.routes = RouteTable()
         self.auth = Authenticator(self._lookup_principal)
@@ -61,6 +61,8 @@ class Hub:
         self.catalog = load_catalog(self.settings.templates_dir)
         for error in self.catalog.errors:
             log.error("template problem: %s", error)
+        for name, backend in self.backends.items():
+            log.info("backend %s: isolation: %s", name, backend.describe_isolation())
         async with self.sessions() as session:
             if await users.count_admins(session) == 0:
                 self.setup_token = secrets.token_urlsafe(24)

@@ -12,10 +12,10 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class Size(BaseModel):
@@ -35,6 +35,41 @@ DEFAULT_SIZES: dict[str, Size] = {
 }
 
 
+class SlurmSettings(BaseModel):
+    """The Slurm backend (enable with ``backends = ["local", "slurm"]``); env ``LABHUB_SLURM__<FIELD>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    max_gpus: int = Field(default=0, ge=0)  # GPUs one job may request; 0: the cluster offers none
+    gres_style: Literal["gres", "gpus"] = "gres"  # --gres=gpu:N or --gpus=N
+    hub_url: str | None = None  # where compute nodes call home; default: public_url, else the bind address
+    hub_id: str = Field(default="labhub", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")  # marks this hub's jobs
+    run_as: Literal["auto", "service", "accounts", "owner"] = "auto"
+    account_prefix: str = "labhub-"  # run_as=accounts: system accounts <prefix><user>
+    workdir: str = "{home}"  # the job's working directory on the nodes; {home} {user} {owner}
+    output_dir: str | None = None  # job output on the nodes; default <data_dir>/slurm
+    python: str = "python3"  # Python on the compute nodes, for LabHub's small launcher
+    path: list[str] = Field(default_factory=list)  # prepended to the jobs' PATH (local runner)
+    conf: str | None = None  # SLURM_CONF for the commands
+    bin_dir: str | None = None  # where sbatch, squeue, ... live; default: PATH
+    ssh_host: str | None = None  # run the commands on this login node over SSH
+    ssh_user: str | None = None
+    ssh_port: int = Field(default=22, gt=0, lt=65536)
+    ssh_key: Path | None = None
+    ssh_known_hosts: Path | None = None  # default ~/.ssh/known_hosts; host keys are always checked
+    accounting: Literal["auto", "yes", "no"] = "auto"  # sacct for exit codes of finished jobs
+    time_limit_slack_minutes: int = Field(default=2, ge=0)
+    extra_sbatch: list[str] = Field(default_factory=list)  # site #SBATCH options for every job
+    prologue: list[str] = Field(default_factory=list)  # site shell lines run before the launcher
+    allowed_sbatch: list[str] | None = None  # options templates may add; default: a safe list
+    poll_interval: float = Field(default=0.5, gt=0)  # squeue results are shared this long (s)
+    command_timeout: float = Field(default=30.0, gt=0)
+    kill_wait: float = Field(default=60.0, ge=0)  # after scancel, how long to wait for the job to end
+
+
 class Settings(BaseSettings):
     """Hub configuration.  Every field can be set as ``LABHUB_<FIELD>``."""
 
@@ -46,8 +81,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite in data_dir
     templates_dir: Path | None = None  # site templates, in addition to the built-ins
     sizes: dict[str, Size] = Field(default_factory=lambda: dict(DEFAULT_SIZES))
-    backends: list[str] = Field(default_factory=lambda: ["local"])
+    backends: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["local"])
     isolation: Literal["auto", "none"] = "auto"
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
     reconcile_interval: float = Field(default=5.0, gt=0)
     start_timeout: float = Field(default=300.0, gt=0)  # seconds; templates may lower it
@@ -67,6 +103,19 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("bind must look like HOST:PORT, e.g. 127.0.0.1:8000")
+        return value
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: Any) -> Any:
+        """Accept ``local,slurm`` as well as a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("sizes")
