@@ -145,6 +145,16 @@ class Backend(abc.ABC):
     async def terminate(self, handle: Handle, *, grace: float = 5.0) -> bool:
         """Stop the compute; idempotent; ``True`` once it is gone."""
 
+    def called_home(self, instance_id: str, handle: Handle, report: Mapping[str, Any]) -> Handle:
+        """An instance reported where it listens (``report``: ``host``, ``port``, engine ids); pure.
+
+        Only backends with :attr:`Capability.CALL_HOME` accept this.  Return the
+        handle to store in place of ``handle`` (it must let :meth:`observe_many`
+        report the URL, also after a hub restart); raise :class:`BackendError`
+        when the report does not belong to the compute ``handle`` points at.
+        """
+        raise BackendError(f"the {self.name} backend does not accept call-home reports")
+
     @abc.abstractmethod
     async def list_owned(self) -> list[Handle]:
         """Handles of everything this backend created for this hub."""

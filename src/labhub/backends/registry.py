@@ -19,7 +19,13 @@ def _local(*, data_dir: Path, isolation: str, **_: Any) -> Backend:
     return LocalBackend(state_dir=data_dir / "instances", hub_id="labhub", isolation=isolation)
 
 
-BUILTIN: dict[str, Factory] = {"local": _local}
+def _slurm(*, data_dir: Path, settings: Any, **_: Any) -> Backend:
+    from labhub.backends.slurm_config import from_settings
+
+    return from_settings(settings, data_dir=data_dir)
+
+
+BUILTIN: dict[str, Factory] = {"local": _local, "slurm": _slurm}
 
 
 def available() -> dict[str, Factory]:
