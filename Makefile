@@ -30,3 +30,8 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+.PHONY: bench
+bench: $(STAMP)  ## benchmarks against JupyterHub + CHP (installs them under benchmarks/); QUICK=1: each figure once
+	bash benchmarks/install.sh "$(PYTHON)"
+	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)

@@ -5,6 +5,12 @@ set -euo pipefail
 root=0; [ "$(id -u)" = 0 ] && root=1
 missing=()
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+# Browser tests: Debian's Chromium driven by Playwright (which cannot download its own here), and a font.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+# Slurm tests: a real single-node cluster (tests/slurmcluster.py starts and stops its own daemons).
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/bin/sbatch ]; } || missing+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || missing+=(munge)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $root = 1 ]; then
     echo "installing: ${missing[*]}"

@@ -8,12 +8,13 @@ start by :func:`upgrade` (and by ``labhub db upgrade``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -58,7 +59,36 @@ def _alembic_config(connection: Connection | None = None) -> Any:
     return cfg
 
 
+_REVISION_RE = re.compile(r"^revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.M)
+_DOWN_RE = re.compile(r"^down_revision\s*(?::[^=]*)?=(.*)$", re.M)
+
+
+def _heads() -> set[str] | None:
+    """The newest revisions, read from the version files without importing Alembic
+    (importing it costs a third of a second and 8 MiB at every start); None if unsure."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        rev, down = _REVISION_RE.search(text), _DOWN_RE.search(text)
+        if rev is None or down is None:
+            return None
+        revisions.add(rev.group(1))
+        parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
+    return (revisions - parents) or None
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the schema is at the newest revision (the common case: nothing to migrate)."""
+    heads = _heads()
+    if heads is None or not inspect(connection).has_table("alembic_version"):
+        return False
+    return set(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()) == heads
+
+
 def _upgrade_sync(connection: Connection) -> None:
+    if _at_head(connection):
+        return
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

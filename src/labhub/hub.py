@@ -6,11 +6,12 @@ explicit arguments; nothing reaches for globals.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub import db
+from labhub.auth.mail import Mail, Mailer
+from labhub.auth.oidc import OidcRegistry
+from labhub.auth.providers import resolve_all
+from labhub.auth.throttle import LoginThrottle
 from labhub.backends import registry
 from labhub.backends.base import Backend
 from labhub.catalog import Catalog, load_catalog
@@ -49,6 +54,11 @@ class Hub:
         )
         self.routes = RouteTable()
         self.auth = Authenticator(self._lookup_principal)
+        self.throttle = LoginThrottle(settings.login_throttle)
+        self.mailer = Mailer(settings.smtp)
+        self.oidc = OidcRegistry(resolve_all(settings.oidc))
+        self._pending: dict[str, tuple[float, str | None]] = {}  # session secret -> (until, pending user's name)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.bus = EventBus()
         self.setup_token: str | None = None
         self.started_monotonic = time.monotonic()
@@ -66,11 +76,29 @@ class Hub:
         async with self.sessions() as session:
             if await users.count_admins(session) == 0:
                 self.setup_token = secrets.token_urlsafe(24)
+        self._warn_about_identity_settings()
         await self.reconciler.restore_routes()
         if reconcile:
             self.reconciler.start()
 
+    def _warn_about_identity_settings(self) -> None:
+        s = self.settings
+        asks_for_mail = s.approval_required and (s.signup == "open" or bool(s.oidc))
+        if asks_for_mail and not s.smtp.host:
+            log.warning("new accounts wait for approval but no SMTP host is set (LABHUB_SMTP__HOST): "
+                        "approval requests are only logged; approve with `labhub user ls --status pending`")
+        if (s.signup == "open" or s.oidc) and not s.public_url:
+            log.warning("LABHUB_PUBLIC_URL is not set: mailed links and OIDC redirect URIs use %s", s.base_url)
+        for provider in self.oidc.providers.values():
+            log.info("OIDC provider %s (%s): redirect URI %s/oauth/%s/callback", provider.name, provider.title,
+                     s.base_url, provider.name)
+
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.oidc.close()
         await self.reconciler.stop()
         for backend in self.backends.values():
             await backend.close()
@@ -118,6 +146,48 @@ class Hub:
     async def active_user(self, session: AsyncSession, user_id: int) -> User | None:
         user = await session.get(User, user_id)
         return user if user is not None and user.status == UserStatus.ACTIVE else None
+
+    async def pending_user(self, secret: str) -> str | None:
+        """The name of the *pending* user behind a session cookie, else None.
+
+        Pending users are never principals (the proxy and the API do not admit
+        them); this lets the pending gate show them the waiting page instead of
+        the login page.  Answers are cached for two seconds; decisions clear it.
+        """
+        now = time.monotonic()
+        entry = self._pending.get(secret)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        async with self.sessions() as session:
+            user = await credentials.session_owner(session, secret=secret)
+        name = user.name if user is not None and user.status == UserStatus.PENDING else None
+        if len(self._pending) > 10_000:
+            self._pending.clear()
+        self._pending[secret] = (now + 2.0, name)
+        return name
+
+    def credentials_changed(self, user_id: int | None = None) -> None:
+        """A user's status, role or credentials changed: the next request must see it.
+
+        Drops the user's cached principals, and every negative entry (a pending
+        user's session is cached as "nobody" until approved).
+        """
+        if user_id is not None:
+            self.auth.invalidate_user(user_id)
+        self.auth.clear()
+        self._pending.clear()
+
+    # -- mail and background work --------------------------------------------------------
+    async def send_mails(self, mails: list[Mail]) -> bool:
+        """Send mails (after the transaction that decided them committed); True when all went out."""
+        results = [await self.mailer.send(mail) for mail in mails]
+        return bool(results) and all(results)
+
+    def background(self, work: Coroutine[None, None, None], *, name: str) -> None:
+        """Run ``work`` after the response; cancelled when the hub closes."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def running_instances(self, session: AsyncSession) -> list[Instance]:
         rows = await session.execute(select(Instance).where(Instance.status.in_([Status.RUNNING, Status.UNKNOWN])))

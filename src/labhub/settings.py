@@ -9,12 +9,13 @@ and it is passed explicitly from there on.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -46,6 +47,7 @@ class SlurmSettings(BaseModel):
     max_gpus: int = Field(default=0, ge=0)  # GPUs one job may request; 0: the cluster offers none
     gres_style: Literal["gres", "gpus"] = "gres"  # --gres=gpu:N or --gpus=N
     hub_url: str | None = None  # where compute nodes call home; default: public_url, else the bind address
+    node_networks: list[str] | None = None  # CIDRs compute nodes may report as their address (call-home)
     hub_id: str = Field(default="labhub", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")  # marks this hub's jobs
     run_as: Literal["auto", "service", "accounts", "owner"] = "auto"
     account_prefix: str = "labhub-"  # run_as=accounts: system accounts <prefix><user>
@@ -68,6 +70,79 @@ class SlurmSettings(BaseModel):
     poll_interval: float = Field(default=0.5, gt=0)  # squeue results are shared this long (s)
     command_timeout: float = Field(default=30.0, gt=0)
     kill_wait: float = Field(default=60.0, ge=0)  # after scancel, how long to wait for the job to end
+
+
+def _split_commas(value: Any) -> Any:
+    """Accept ``a,b`` as well as a JSON list for list settings given in the environment."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class SmtpSettings(BaseModel):
+    """Outgoing mail (approval requests and decisions); env ``LABHUB_SMTP__<FIELD>``.  No host: mails are logged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = None
+    port: int = Field(default=587, gt=0, lt=65536)
+    security: Literal["starttls", "tls", "none"] = "starttls"  # tls: implicit TLS (port 465)
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(default="LabHub <labhub@localhost>", max_length=320)  # the From: header
+    timeout: float = Field(default=15.0, gt=0)
+
+
+class OidcProviderSettings(BaseModel):
+    """One OpenID Connect provider: ``[oidc.<name>]`` in labhub.toml, or ``LABHUB_OIDC__<NAME>__<FIELD>``.
+
+    A ``preset`` (globus, indigo-iam, entra, keycloak, cilogon) fills in the
+    discovery URL, scopes and claims; anything set here wins.  See docs/identity.md.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["generic", "globus", "indigo-iam", "entra", "keycloak", "cilogon"] = "generic"
+    title: str | None = None  # the login button: "Log in with <title>"
+    discovery_url: str | None = None  # .../.well-known/openid-configuration
+    server: str | None = None  # indigo-iam, keycloak: the provider's base URL
+    realm: str | None = None  # keycloak
+    tenant: str | None = None  # entra: the directory (tenant) id
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None  # None: a public client (PKCE only)
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"  # noqa: S105
+    scopes: list[str] | None = None
+    username_claim: str | None = None  # which claim becomes the LabHub user name (sanitised)
+    email_claim: str = "email"
+    groups_claim: str | None = None  # a list (or space-separated string) of groups / entitlements
+    required_groups: list[str] = Field(default_factory=list)  # any one of these is needed to log in
+    sync_groups: bool = False  # make LabHub group memberships follow the groups claim
+    group_prefix: str = ""  # only claim values starting with this are synced (the prefix is dropped)
+    create_users: bool = True  # False: only identities an admin linked (labhub user link) may log in
+    approval_required: bool | None = None  # None: follow approval_required
+
+    @field_validator("required_groups", "scopes", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+
+class ThrottleSettings(BaseModel):
+    """Login back-off: after ``free`` failures, each attempt waits twice as long as the last."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_free: int = Field(default=5, ge=1)  # failures per account name before back-off
+    address_free: int = Field(default=20, ge=1)  # failures per client address before back-off
+    base_delay: float = Field(default=1.0, gt=0)  # seconds, doubled per further failure
+    max_delay: float = Field(default=900.0, gt=0)
+    forget_after: float = Field(default=3600.0, gt=0)  # a key's failures are forgotten after this quiet time
+    signups_per_hour: int = Field(default=10, ge=1)  # sign-up attempts per client address
 
 
 class Settings(BaseSettings):
@@ -94,6 +169,14 @@ class Settings(BaseSettings):
     cookie_secure: Literal["auto", "always", "never"] = "auto"
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)  # API/form bodies
+
+    # identity and access (docs/identity.md)
+    signup: Literal["open", "closed"] = "closed"  # open: anyone may ask for an account at /signup
+    approval_required: bool = True  # new sign-ups (and new OIDC users) wait for an admin
+    approval_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)  # besides admins with an e-mail
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    oidc: dict[str, OidcProviderSettings] = Field(default_factory=dict)
+    login_throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     dev_mode: bool = False
     log_level: str = "info"
 
@@ -118,12 +201,43 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("approval_emails", mode="before")
+    @classmethod
+    def _split_emails(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("approval_emails")
+    @classmethod
+    def _check_emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not _EMAIL_RE.match(address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return value
+
+    @field_validator("oidc")
+    @classmethod
+    def _check_oidc_names(cls, value: dict[str, OidcProviderSettings]) -> dict[str, OidcProviderSettings]:
+        for name in value:
+            if not _PROVIDER_RE.match(name):
+                raise ValueError(f"provider name {name!r} must be 1-32 characters of a-z, 0-9 and '-'")
+        return value
+
     @field_validator("sizes")
     @classmethod
     def _check_sizes(cls, value: dict[str, Size]) -> dict[str, Size]:
         if not value:
             raise ValueError("at least one size must be defined")
         return value
+
+    @model_validator(mode="after")
+    def _resolvable_providers(self) -> Settings:
+        from labhub.auth.providers import ProviderConfigError, resolve_all
+
+        try:
+            resolve_all(self.oidc)
+        except ProviderConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _absolute_dirs(self) -> Settings:
@@ -162,6 +276,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+_EMAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
+_PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
 class _TomlSource(PydanticBaseSettingsSource):

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labhub import __version__
-from labhub.api import instances, misc
+from labhub.api import callhome, groups, instances, misc, users
 from labhub.hub import Hub
 from labhub.services.errors import ServiceError
 
@@ -77,9 +77,16 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.include_router(misc.router, prefix="/api/v1")
     app.include_router(instances.router, prefix="/api/v1")
+    app.include_router(callhome.router, prefix="/api/v1")
+    app.include_router(users.router, prefix="/api/v1")
+    app.include_router(users.audit_router, prefix="/api/v1")
+    app.include_router(groups.router, prefix="/api/v1")
     from labhub.web import pages
 
     pages.mount(app)
+    from labhub.auth import routes as auth_routes
+
+    auth_routes.mount(app)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Any:

@@ -74,17 +74,19 @@ async def get_caller(principal: PrincipalDep, session: SessionDep, hub: HubDep) 
     return principal, user
 
 
-def scoped(*needed: str):  # noqa: ANN201 - returns a dependency
+def scoped(*needed: str, read_passes: bool = True):  # noqa: ANN201 - returns a dependency
     """A dependency giving the caller's User if the credential carries one of ``needed``.
 
     ``*`` (a full session or unscoped token) passes everything; ``read``
-    passes safe methods.
+    passes safe methods unless ``read_passes`` is False (admin routes: an
+    admin's read-only token does not read admin data).
     """
 
     async def dependency(request: Request, caller: Annotated[tuple[Principal, User], Depends(get_caller)]) -> User:
         principal, user = caller
         scopes = principal.scopes
-        if "*" in scopes or scopes & set(needed) or ("read" in scopes and request.method in SAFE_METHODS):
+        if "*" in scopes or scopes & set(needed) or (
+                read_passes and "read" in scopes and request.method in SAFE_METHODS):
             return user
         raise HTTPException(403, f"this token lacks the scope: {' or '.join(needed)}")
 
@@ -93,13 +95,22 @@ def scoped(*needed: str):  # noqa: ANN201 - returns a dependency
 
 CurrentUser = Annotated[User, Depends(scoped("*"))]
 InstancesUser = Annotated[User, Depends(scoped("instances"))]
+JobsUser = Annotated[User, Depends(scoped("jobs"))]
 ReadUser = Annotated[User, Depends(scoped("read", "instances"))]
 
 
-async def get_admin(user: Annotated[User, Depends(scoped("admin"))]) -> User:
+async def get_admin(user: Annotated[User, Depends(scoped("admin", read_passes=False))]) -> User:
     if not user.is_admin:
         raise HTTPException(403, "admins only")
     return user
 
 
 AdminUser = Annotated[User, Depends(get_admin)]
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as the hub's proxy reported it (it overwrites any X-Forwarded-For a client sends)."""
+    return request.client.host if request.client else ""
+
+
+AddressDep = Annotated[str, Depends(client_address)]

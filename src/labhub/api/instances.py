@@ -14,8 +14,8 @@ from sqlalchemy import select
 from labhub.api.deps import HubDep, InstancesUser, SessionDep
 from labhub.api.schemas import EventOut, InstanceOut, LaunchRequest
 from labhub.models import TERMINAL, Event
+from labhub.services import groups, users
 from labhub.services import instances as svc
-from labhub.services import users
 from labhub.services.errors import NotFound
 from labhub.services.lifecycle import event_dict
 
@@ -27,7 +27,7 @@ async def launch(body: LaunchRequest, user: InstancesUser, session: SessionDep, 
     inst = await svc.launch(
         session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
         template=body.template, name=body.name, size=body.size, hours=body.hours, params=body.params,
-        backend=body.backend, now=hub.clock(),
+        backend=body.backend, groups=await groups.names_of(session, user), now=hub.clock(),
     )
     await session.commit()
     hub.reconciler.kick(inst.id)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from labhub import __version__
 from labhub.api.deps import CurrentUser, HubDep, SessionDep
 from labhub.api.schemas import NewTokenOut, ParamOut, SizeOut, TemplateOut, TokenOut, TokenRequest, UserOut
-from labhub.services import credentials
+from labhub.services import credentials, groups
 from labhub.services.instances import template_allowed
 
 router = APIRouter()
@@ -21,10 +21,11 @@ async def health(hub: HubDep) -> dict:
 
 
 @router.get("/templates", response_model=list[TemplateOut], tags=["templates"])
-async def templates(user: CurrentUser, hub: HubDep) -> list[TemplateOut]:
+async def templates(user: CurrentUser, hub: HubDep, session: SessionDep) -> list[TemplateOut]:
     out = []
+    member_of = await groups.names_of(session, user)
     for tpl in hub.catalog:
-        if not template_allowed(tpl, user=user, groups=set()):
+        if not template_allowed(tpl, user=user, groups=member_of):
             continue
         allowed = tpl.sizes or list(hub.settings.sizes)
         sizes = []
@@ -65,5 +66,6 @@ async def list_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
 @router.delete("/tokens/{token_id}", status_code=204, tags=["tokens"])
 async def revoke_token(token_id: int, user: CurrentUser, session: SessionDep, hub: HubDep) -> Response:
     await credentials.revoke_token(session, user=user, token_id=token_id)
+    await session.commit()  # before dropping the cache: a lookup in between must not find the token
     hub.auth.clear()  # the cache is keyed by secret, which we no longer know: drop it all
     return Response(status_code=204)

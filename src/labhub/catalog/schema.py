@@ -88,6 +88,32 @@ class Hours(BaseModel):
         return self
 
 
+_SLURM_NAME = r"^[A-Za-z0-9_.+-]{1,64}(,[A-Za-z0-9_.+-]{1,64}){0,15}$"
+_SLURM_OPTION = re.compile(r"^--[a-z][a-z0-9-]{0,40}(=[A-Za-z0-9_.,:=+@%/&|!*()\[\]-]{1,256})?$")
+
+
+class SlurmOptions(BaseModel):
+    """What a template adds on the Slurm backend; each ``sbatch`` entry must also be on the
+    site's allow-list (``slurm.allowed_sbatch``), which the backend checks at launch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = Field(default=None, pattern=_SLURM_NAME)
+    constraint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.,:&|!*()\[\]-]{1,256}$")
+    qos: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
+    account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
+    reservation: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
+    sbatch: list[str] = Field(default_factory=list, max_length=32)  # extra "#SBATCH --option[=value]"
+
+    @field_validator("sbatch")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _SLURM_OPTION.match(item):
+                raise ValueError(f"{item!r} is not of the form --option or --option=value")
+        return value
+
+
 class Template(BaseModel):
     """A catalog entry."""
 
@@ -108,6 +134,7 @@ class Template(BaseModel):
     params: list[Param] = Field(default_factory=list)
     backends: list[str] | None = None  # allowed backends; None: all enabled
     groups: list[str] | None = None  # restrict to members of these groups
+    slurm: SlurmOptions | None = None  # options for the Slurm backend (partition, constraint, #SBATCH)
     source: str = Field(default="", exclude=True)
 
     @field_validator("name")

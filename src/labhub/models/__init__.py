@@ -2,9 +2,9 @@
 
 from labhub.models.base import Base, UTCDateTime, utcnow
 from labhub.models.instance import ACTIVE, TERMINAL, AuditEvent, Event, Instance, Kind, Status
-from labhub.models.user import ApiToken, Group, LoginSession, Membership, Role, User, UserStatus
+from labhub.models.user import ApiToken, Group, Identity, LoginSession, Membership, Role, User, UserStatus
 
 __all__ = [
-    "ACTIVE", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Instance", "Kind",
+    "ACTIVE", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
     "LoginSession", "Membership", "Role", "Status", "UTCDateTime", "User", "UserStatus", "utcnow",
 ]

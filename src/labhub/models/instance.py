@@ -104,6 +104,7 @@ class AuditEvent(Base):
     """A security decision: who did what to whom."""
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_target_at", "target", "at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -12,6 +12,7 @@ authenticator cache miss and a new upstream connection start a task.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections import deque
@@ -334,6 +335,10 @@ class ClientProtocol(asyncio.Protocol):
                     tok = a[sp + 1:].strip()
                     if tok:
                         kind, secret = "token", tok.decode("latin-1")
+                        # JupyterLab's pages send back the instance's own token: it is the
+                        # upstream's credential, not ours, so the caller is known by the cookie.
+                        if hmac.compare_digest(tok, route.token.encode()):
+                            kind = secret = None
         if secret is None and ex.cookie is not None:
             v = cookie_value(ex.cookie, s.cookie_name_eq)
             if v is not None:

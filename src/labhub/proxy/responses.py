@@ -34,8 +34,12 @@ def error(status: int, detail: str, *, html_page: bool, head_only: bool = False,
     reason = REASONS[status]
     if html_page:
         title = f"{status} {reason.decode()}"
-        body = (f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>"
-                f"<body><h1>{title}</h1><p>{html.escape(detail)}</p></body></html>\n").encode()
+        body = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title} · LabHub</title>'
+                f'<link rel="stylesheet" href="/static/labhub.css"></head><body><main id="main">'
+                f'<section class="card narrow error-page"><h1>{title}</h1><p class="message">{html.escape(detail)}</p>'
+                f'<p class="row"><a class="button primary" href="/">Go to Home</a></p></section></main>'
+                f"</body></html>\n").encode()
         ctype = b"text/html; charset=utf-8"
     else:
         body = json.dumps({"detail": detail}).encode()

@@ -21,12 +21,14 @@ import logging
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
 
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
 from labhub.models import ACTIVE, Instance, Status
+from labhub.services.errors import Conflict, Invalid, NotFound
 from labhub.services.instances import build_spec, request_stop
 from labhub.services.lifecycle import FINAL_FOR_STOP_REASON, can_transition, note, transition
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_TAIL_IN_EVENTS = 20
+CALL_HOME_STATUSES = frozenset({Status.REQUESTED, Status.QUEUED, Status.STARTING, Status.RUNNING, Status.UNKNOWN})
 ORPHAN_SCAN_EVERY = 12  # ticks
 
 
@@ -49,6 +52,7 @@ class Reconciler:
         self._http: httpx.AsyncClient | None = None
         self._flushed_activity: dict[str, float] = {}
         self._stop_requested: set[str] = set()
+        self._naps: dict[str, asyncio.Event] = {}  # start watchers waiting; call-home wakes them
 
     # -- running ---------------------------------------------------------------
     def start(self) -> None:
@@ -75,6 +79,8 @@ class Reconciler:
         """Wake the loop now (after a launch or stop request)."""
         if stop and instance_id:
             self._stop_requested.add(instance_id)
+        elif instance_id and self._loop is not None and instance_id not in self._tasks:
+            self._spawn(instance_id, self._start(instance_id))  # launch now, not on the next pass
         self._wake.set()
 
     async def _run(self) -> None:
@@ -201,11 +207,15 @@ class Reconciler:
             elif obs.phase in (Phase.STARTING, Phase.RUNNING) and pending_reported:
                 pending_reported = ""
                 await self._apply(instance_id, Status.STARTING, "allocated", "resources allocated; starting")
+            waited = False
             if obs.phase in (Phase.RUNNING, Phase.STARTING) and obs.url:
-                if await self._probe(obs.url, base_url, ready_path, token):
+                # waits up to ``delay`` for the port to open (cheap connects every 10 ms), so
+                # readiness is seen within milliseconds without a probe storm or a slow back-off
+                if await self._probe(obs.url, base_url, ready_path, token, wait=delay):
                     took = time.monotonic() - started
                     await self._became_ready(instance_id, obs.url, took)
                     return
+                waited = True
             if self.hub.clock() >= deadline:
                 message = f"did not become ready within {timeout:g} s"
                 if obs.message:
@@ -219,12 +229,22 @@ class Reconciler:
                 last_db_check = now
                 if await self._status(instance_id) not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
                     return  # a stop was requested; the next pass stops it
-            await asyncio.sleep(delay)
+            if not waited:
+                await self._nap(instance_id, delay)
             delay = min(delay * 1.5, 0.25)
 
-    async def _probe(self, url: str, base_url: str, ready_path: str | None, token: str) -> bool:
+    async def _nap(self, instance_id: str, delay: float) -> None:
+        """Sleep ``delay`` s, or less if the instance calls home meanwhile (see :meth:`call_home`)."""
+        woken = self._naps.setdefault(instance_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), delay)
+        self._naps.pop(instance_id, None)
+
+    async def _probe(self, url: str, base_url: str, ready_path: str | None, token: str, wait: float = 0.0) -> bool:
         if ready_path is None:
             return True
+        if not await _listening(url, wait):
+            return False
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0))
         try:
@@ -244,6 +264,37 @@ class Reconciler:
             route = self.hub.route_for(inst)
         if route is not None:
             self.hub.routes.add(route)
+
+    # -- call-home ---------------------------------------------------------------------
+    async def call_home(self, instance_id: str, report: dict[str, Any]) -> None:
+        """An instance reported where it listens (the caller has checked its token).
+
+        The backend turns the report into an updated handle (stored, so a restarted
+        hub still knows the URL) and the instance's start watcher is woken to look.
+        Raises NotFound (no such starting/running instance), Conflict (its job is
+        not recorded yet: the launcher retries) or Invalid (the backend refused it).
+        """
+        async with self.hub.sessions() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is None or inst.status not in CALL_HOME_STATUSES:
+                raise NotFound("no such starting or running instance")
+            handle, backend = inst.handle, self.hub.backends.get(inst.backend)
+        if backend is None:
+            raise NotFound(f"backend {inst.backend!r} is not enabled")
+        if handle is None:
+            raise Conflict("the instance's job is not recorded yet; try again")
+        try:
+            updated = backend.called_home(instance_id, handle, report)
+        except BackendError as exc:
+            raise Invalid(f"call-home refused: {exc}") from exc
+        async with self.hub.tx() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is not None and inst.handle == handle:
+                inst.handle = updated
+                note(session, inst, reason="called_home", message=f"the instance reported its address "
+                     f"{updated.get('url', '')}", now=self.hub.clock())
+        if (nap := self._naps.get(instance_id)) is not None:
+            nap.set()  # its start watcher looks again now, not after its back-off
 
     # -- running ---------------------------------------------------------------------
     async def _observe_running(self, backend_name: str, group: dict[str, Instance]) -> None:
@@ -386,6 +437,26 @@ class Reconciler:
         except (BackendError, OSError):
             return ""
         return ("\n--- last log lines ---\n" + "\n".join(lines)) if lines else ""
+
+
+async def _listening(url: str, wait: float) -> bool:
+    """Whether ``url``'s port accepts connections, trying every 10 ms for up to ``wait`` s.
+
+    A refused connect costs tens of microseconds; an HTTP client's failed request, a
+    millisecond: so the readiness probe only runs once something listens."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        except (OSError, TimeoutError):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        return True
 
 
 def _describe(handle: Handle) -> str:

@@ -7,11 +7,14 @@ import datetime as dt
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from labhub.auth import audit
 from labhub.models import ApiToken, LoginSession, User, UserStatus, utcnow
 from labhub.services import security
 from labhub.services.errors import Invalid, NotFound
 
 SCOPES = frozenset({"*", "read", "instances", "jobs", "admin"})
+"""``*``: everything the user can do; ``read``: safe methods only; ``instances``: launch, list, stop
+and use instances; ``jobs``: jobs (reserved); ``admin``: admin actions (admins only)."""
 
 
 async def create_session(
@@ -33,15 +36,33 @@ async def create_session(
 
 
 async def session_user(session: AsyncSession, *, secret: str) -> User | None:
-    """The active user behind a session cookie, or None (expired, revoked, disabled)."""
+    """The active user behind a session cookie, or None (expired, revoked, pending, disabled).
+
+    This is what the proxy and the API authenticate with: only active users pass.
+    """
+    user = await session_owner(session, secret=secret)
+    return user if user is not None and user.status == UserStatus.ACTIVE else None
+
+
+async def session_owner(session: AsyncSession, *, secret: str) -> User | None:
+    """The user behind a live session cookie whatever their status, except disabled.
+
+    Pending users have sessions too (they log in and see the waiting page);
+    use :func:`session_user` wherever access is decided.
+    """
     row = await session.get(LoginSession, security.digest(secret))
-    if row is None or row.expires_at <= utcnow() or row.user.status != UserStatus.ACTIVE:
+    if row is None or row.expires_at <= utcnow() or row.user.status == UserStatus.DISABLED:
         return None
     return row.user
 
 
 async def end_session(session: AsyncSession, *, secret: str) -> None:
     await session.execute(delete(LoginSession).where(LoginSession.id == security.digest(secret)))
+
+
+async def end_sessions(session: AsyncSession, *, user: User) -> None:
+    """Log ``user`` out everywhere."""
+    await session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
 
 
 async def issue_token(
@@ -51,8 +72,14 @@ async def issue_token(
     note: str = "",
     scopes: list[str] | None = None,
     expires_in_days: float | None = None,
+    issued_by: User | None = None,
+    address: str = "",
 ) -> tuple[ApiToken, str]:
-    """Create a token; returns the row and the secret (shown once, never stored)."""
+    """Create a token for ``user``; returns the row and the secret (shown once, never stored).
+
+    ``issued_by`` is an admin making a token for someone else: only the
+    explicit admin API does that, and the token and the audit log say so.
+    """
     scopes = scopes or ["*"]
     unknown = sorted(set(scopes) - SCOPES)
     if unknown:
@@ -69,10 +96,14 @@ async def issue_token(
         note=note[:255],
         scopes=sorted(set(scopes)),
         expires_at=utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None,
+        issued_by=issued_by.name if issued_by is not None and issued_by.id != user.id else None,
     )
     session.add(token)
     await session.flush()
     token.user = user
+    audit.record(session, actor=issued_by or user, action="token.create", target=user.name, address=address,
+                 token_id=token.id, prefix=token.prefix, scopes=token.scopes,
+                 expires_at=token.expires_at.isoformat() if token.expires_at else None)
     return token, secret
 
 
@@ -98,10 +129,19 @@ async def list_tokens(session: AsyncSession, *, user: User) -> list[ApiToken]:
     return list(rows.scalars())
 
 
-async def revoke_token(session: AsyncSession, *, user: User, token_id: int) -> ApiToken:
-    """Delete one of ``user``'s tokens (admins may delete anyone's)."""
+async def revoke_token(session: AsyncSession, *, user: User, token_id: int, owner: User | None = None,
+                       address: str = "") -> ApiToken:
+    """Delete one of ``user``'s tokens (admins may delete anyone's).
+
+    Someone else's token is "no such token" (404), so token ids reveal nothing.
+    With ``owner``, the token must also belong to that user.
+    """
     token = await session.get(ApiToken, token_id)
     if token is None or (token.user_id != user.id and not user.is_admin):
         raise NotFound("no such token")
+    if owner is not None and token.user_id != owner.id:
+        raise NotFound("no such token")
     await session.delete(token)
+    audit.record(session, actor=user, action="token.revoke", target=token.user.name, address=address,
+                 token_id=token.id, prefix=token.prefix)
     return token

@@ -57,6 +57,7 @@ def build_spec(
         token=token,
         time_limit_s=max(60, int(instance.hours * 3600)),
         home=str(home) if home is not None else None,
+        options={"slurm": template.slurm.model_dump(exclude_none=True)} if template.slurm else {},
     )
 
 

@@ -1,38 +1,64 @@
-// Live events for one instance (Server-Sent Events); opens the workspace when it is ready.
+// Instance details: live status and timeline; logs with tail length and follow.
 (function () {
   "use strict";
-  var list = document.getElementById("events");
-  if (!list) { return; }
-  var id = list.dataset.instance;
-  var statusEl = document.getElementById("status");
-  var logsEl = document.getElementById("logs");
-
-  function add(ev) {
-    var li = document.createElement("li");
-    var t = document.createElement("time");
-    t.textContent = new Date(ev.at).toLocaleTimeString();
-    li.appendChild(t);
-    li.appendChild(document.createTextNode(ev.status + ": " + ev.message));
-    list.appendChild(li);
-    statusEl.textContent = ev.status;
-    statusEl.className = "status s-" + ev.status;
-  }
+  var head = document.getElementById("instance");
+  if (!head) { return; }
+  var L = window.LabHub;
+  var id = head.dataset.instance;
+  var status = head.dataset.status;
+  var output = document.getElementById("log-output");
+  var tail = document.getElementById("log-tail");
+  var follow = document.getElementById("log-follow");
+  var note = document.getElementById("log-status");
+  var timer = null, loading = false;
 
   function loadLogs() {
-    fetch("/api/v1/instances/" + id + "/logs?tail=200", { credentials: "same-origin" })
-      .then(function (r) { return r.ok ? r.text() : ""; })
-      .then(function (text) { logsEl.textContent = text || "(no output yet)"; });
+    if (loading) { return; }
+    loading = true;
+    var atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 8;
+    fetch("/api/v1/instances/" + id + "/logs?tail=" + tail.value, { credentials: "same-origin" })
+      .then(function (r) {
+        if (!r.ok) { throw new Error("the hub answered " + r.status); }
+        return r.text();
+      })
+      .then(function (text) {
+        output.textContent = text || "(no output yet)";
+        if (atBottom || follow.checked) { output.scrollTop = output.scrollHeight; }
+        note.textContent = "Updated " + new Date().toLocaleTimeString() + (follow.checked ? "; following." : ".");
+      })
+      .catch(function (err) { note.textContent = "Could not load the logs: " + err.message; })
+      .then(function () { loading = false; });
   }
 
-  var source = new EventSource("/api/v1/instances/" + id + "/events");
+  function setFollow() {
+    if (timer) { window.clearInterval(timer); timer = null; }
+    if (follow.checked) { timer = window.setInterval(loadLogs, 2000); }
+  }
+
+  tail.addEventListener("change", loadLogs);
+  follow.addEventListener("change", function () { setFollow(); loadLogs(); });
+  document.getElementById("log-refresh").addEventListener("click", loadLogs);
+  loadLogs();
+  setFollow();
+  if (window.location.hash === "#logs") { document.getElementById("logs").focus(); }
+
+  if (L.TERMINAL.indexOf(status) >= 0 || !window.EventSource) { return; }
+  var source = new EventSource("/api/v1/instances/" + id + "/events?after=" + head.dataset.after);
   source.addEventListener("status", function (msg) {
     var ev = JSON.parse(msg.data);
-    add(ev);
-    if (ev.status === "running" && list.dataset.active === "yes" && ev.reason === "ready") {
-      window.location.assign(list.dataset.url);
+    document.getElementById("events").appendChild(L.eventItem(ev));
+    if (ev.status === status) { return; }
+    status = ev.status;
+    L.setBadge(document.getElementById("status"), status);
+    L.setActions(head, status);
+    L.announce("Status: " + status);
+    if (L.TERMINAL.indexOf(status) >= 0) {
+      source.close();
+      follow.checked = false;
+      setFollow();
+      window.setTimeout(function () { window.location.reload(); }, 800);  // the server explains why it ended
     }
-    if (ev.status === "failed") { loadLogs(); }
   });
-  source.addEventListener("end", function () { source.close(); loadLogs(); });
-  loadLogs();
+  source.addEventListener("end", function () { source.close(); });
+  window.addEventListener("pagehide", function () { source.close(); });
 })();

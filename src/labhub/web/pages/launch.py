@@ -1,0 +1,130 @@
+"""Launching: the catalog as cards, the launch form, and launching again after a failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from labhub.api.deps import HubDep, SessionDep
+from labhub.catalog import Template
+from labhub.hub import Hub
+from labhub.models import Instance, User
+from labhub.services import instances as svc
+from labhub.services import views
+from labhub.services.errors import Forbidden, NotFound, ServiceError
+from labhub.services.instances import template_allowed
+from labhub.web.pages.common import PageUser, check_csrf, render
+
+router = APIRouter(include_in_schema=False)
+
+
+def _cards(hub: Hub, user: User) -> list[views.TemplateCard]:
+    return views.catalog_cards(hub.catalog, user=user, groups=set(), sizes=hub.settings.sizes, backends=hub.backends)
+
+
+def _template(hub: Hub, user: User, name: str) -> Template:
+    tpl = hub.catalog.get(name)
+    if tpl is None:
+        raise NotFound(f"there is no template named {name!r}")
+    if not template_allowed(tpl, user=user, groups=set()):
+        raise Forbidden(f"the template {tpl.title!r} is only for members of: {', '.join(tpl.groups or [])}")
+    return tpl
+
+
+@router.get("/launch")
+async def catalog(request: Request, user: PageUser, hub: HubDep) -> Response:
+    return render(request, "catalog.html", section="launch", cards=_cards(hub, user))
+
+
+async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: User, tpl: Template, *,
+                     form: dict[str, Any], fields: dict[str, str] | None = None, error: str = "",
+                     status: int = 200) -> Response:
+    choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
+    card = next(c for c in _cards(hub, user) if c.template.name == tpl.name)
+    backends = [b for b in (tpl.backends or list(hub.backends)) if b in hub.backends]
+    taken = sorted(await views.active_names(session, user=user))
+    return render(request, "launch.html", status=status, section="launch", tpl=tpl, card=card, sizes=choices,
+                  backends=backends, taken=taken, form=form, fields=fields or {}, error=error)
+
+
+@router.get("/launch/{template}")
+async def launch_form(template: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                      again: str = "") -> Response:
+    """The form; ``?again=<instance id>`` fills it from an earlier launch."""
+    tpl = _template(hub, user, template)
+    choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
+    taken = await views.active_names(session, user=user)
+    form: dict[str, Any] = {"name": views.suggest_name(tpl.name, taken), "size": views.default_size(tpl, choices),
+                            "hours": f"{tpl.hours.default:g}", "backend": "", "params": {}}
+    if again:
+        old = await svc.get_instance(session, user=user, instance_id=again)
+        if old.template == tpl.name:
+            form.update(name=old.name if old.name not in taken else form["name"], size=old.size,
+                        hours=f"{old.hours:g}", backend=old.backend, params=dict(old.params or {}))
+    return await _form_page(request, session, hub, user, tpl, form=form)
+
+
+def _parse_hours(raw: str) -> tuple[float | None, str | None]:
+    if not raw.strip():
+        return None, None
+    try:
+        return float(raw), None
+    except ValueError:
+        return None, "must be a number of hours, e.g. 2 or 1.5"
+
+
+@router.post("/launch/{template}")
+async def launch(template: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
+    data = await request.form()
+    check_csrf(request, str(data.get("csrf_token", "")))
+    tpl = _template(hub, user, template)
+    raw = {k: v for k, v in data.items() if isinstance(v, str)}
+    name = raw.get("name", "").strip()
+    params, fields = views.form_params(tpl, raw)
+    hours, hours_error = _parse_hours(raw.get("hours", ""))
+    if hours_error:
+        fields["hours"] = hours_error
+    form = {"name": name, "size": raw.get("size", ""), "hours": raw.get("hours", ""),
+            "backend": raw.get("backend", ""), "params": {p.name: raw.get(f"param.{p.name}") for p in tpl.params}}
+    if fields:
+        return await _form_page(request, session, hub, user, tpl, form=form, fields=fields, status=422,
+                                error="Some fields need a change.")
+    try:
+        inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
+                                backends=hub.backends, template=tpl.name, name=name, size=raw.get("size") or None,
+                                hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock())
+    except ServiceError as exc:
+        return await _form_page(request, session, hub, user, tpl, form=form, fields=exc.fields, status=exc.status,
+                                error=_sentence(exc.message) if not exc.fields else "Some fields need a change.")
+    await session.commit()
+    hub.reconciler.kick(inst.id)
+    return RedirectResponse(f"/instances/{inst.id}/progress", status_code=303)
+
+
+def _sentence(text: str) -> str:
+    return (text[:1].upper() + text[1:]).rstrip(".") + "."
+
+
+@router.post("/instances/{instance_id}/retry")
+async def retry(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
+    """Launch an ended instance again with the same choices (its owner only)."""
+    data = await request.form()
+    check_csrf(request, str(data.get("csrf_token", "")))
+    old: Instance = await svc.get_instance(session, user=user, instance_id=instance_id)
+    if old.owner_id != user.id:
+        raise Forbidden("only its owner can launch it again")
+    if not old.is_terminal or hub.catalog.get(old.template) is None:
+        return RedirectResponse(f"/launch/{old.template}?again={old.id}" if hub.catalog.get(old.template)
+                                else "/launch", status_code=303)
+    try:
+        inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
+                                backends=hub.backends, template=old.template, name=old.name, size=old.size,
+                                hours=old.hours, params=dict(old.params or {}), backend=old.backend, now=hub.clock())
+    except ServiceError:  # the name is taken again, or the template changed: let the user choose
+        return RedirectResponse(f"/launch/{old.template}?again={old.id}", status_code=303)
+    await session.commit()
+    hub.reconciler.kick(inst.id)
+    return RedirectResponse(f"/instances/{inst.id}/progress", status_code=303)

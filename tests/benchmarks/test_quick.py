@@ -1,0 +1,57 @@
+"""The benchmark suite's quick mode runs end to end, so it never rots.
+
+Targets are never asserted here: only that every figure is there, with the
+required keys and numbers.  Peer values (JupyterHub, CHP) are numbers when
+the peers are installed (`make bench` installs them), else null.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.bench, pytest.mark.jupyter]
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = {
+    "launch_single", "launch_concurrent", "memory_per_workspace", "proxy_throughput", "proxy_added_latency_p50",
+    "proxy_latency_p99", "proxy_cpu_per_request", "ws_echo_rtt_p50", "ws_handshake", "hub_cold_start",
+    "create_users", "list_1000", "hub_idle_memory",
+}
+KEYS = {"name", "unit", "labhub", "peer", "baseline", "ratio", "target", "meets"}
+WITH_BASELINE = {"launch_single", "launch_concurrent", "memory_per_workspace", "proxy_throughput",
+                 "proxy_added_latency_p50", "proxy_latency_p99", "proxy_cpu_per_request", "ws_echo_rtt_p50",
+                 "ws_handshake"}
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_quick_mode_writes_every_figure(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "latest.json").read_text())
+    md = (tmp_path / "latest.md").read_text()
+    assert result["quick"] is True
+    assert {"machine", "versions", "figures", "peers"} <= set(result)
+    assert len(result["machine"]["loadavg_start"]) == 3
+    figures = {f["name"]: f for f in result["figures"]}
+    assert set(figures) == FIGURES
+    for name, f in figures.items():
+        assert KEYS <= set(f), name
+        assert isinstance(f["labhub"], int | float), (name, f)
+        assert isinstance(f["target"], str) and f["target"], name
+        assert f["meets"] in (True, False, None), name
+        if name in WITH_BASELINE:
+            assert isinstance(f["baseline"], int | float), (name, f)
+        if result["peers"]:
+            assert isinstance(f["peer"], int | float), (name, f)
+        else:
+            assert f["peer"] is None, name
+        if f["ratio"] is not None:
+            assert isinstance(f["ratio"], int | float), name
+        assert (f.get("title") or name) in md
