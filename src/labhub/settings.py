@@ -188,22 +188,9 @@ class Settings(BaseSettings):
             raise ValueError("bind must look like HOST:PORT, e.g. 127.0.0.1:8000")
         return value
 
-    @field_validator("backends", mode="before")
+    @field_validator("backends", "approval_emails", mode="before")
     @classmethod
-    def _split_backends(cls, value: Any) -> Any:
-        """Accept ``local,slurm`` as well as a JSON list."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
-
-    @field_validator("approval_emails", mode="before")
-    @classmethod
-    def _split_emails(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         return _split_commas(value)
 
     @field_validator("approval_emails")
