@@ -571,25 +571,34 @@ WHY: dict[str, str] = {
         "(the figure tracks the load average), or kernel-side relaying (splice) that Python's event loops do not "
         "offer."),
     "hub_cold_start": (
-        "Start-up is import and app construction: FastAPI builds ~70 routes' dependency and pydantic schemas, "
-        "SQLAlchemy, pydantic-settings, plus the OIDC stack (authlib, joserfc, cryptography) and httpx (with rich "
-        "and pygments, pulled in by httpx's CLI module) imported eagerly by labhub.auth.oidc and labhub.cli.client "
-        "even when OIDC is not configured and the command is `serve`. Alembic is no longer imported at start "
-        "(db.py, -0.35 s). What would close it: import the OIDC stack and httpx only when used (~-0.4 s), and a "
-        "quieter machine (the figure is CPU-bound: ~1.3 CPU-s idle)."),
+        "Start-up is CPU-bound (~2.1 CPU-s here to healthy, ~1.6 of them imports): FastAPI building ~70 routes' "
+        "dependency and pydantic schemas, SQLAlchemy, pydantic-settings, and the OIDC stack (authlib, joserfc, "
+        "cryptography) plus httpx (which drags in rich and pygments through its CLI module), imported by "
+        "labhub.auth.oidc (via labhub.hub) and labhub.cli.client even when OIDC is not configured and the command "
+        "is `serve`; on a loaded 2-core machine wall time is 2-3x the CPU time. Alembic is no longer imported at "
+        "start when the schema is current (db.py: -0.35 s, -9 MiB). What would close it: import authlib/joserfc/"
+        "httpx inside the functions that use them in labhub.auth.oidc and labhub.cli.client (~-0.45 s measured "
+        "with -X importtime), build the FastAPI app's rarely used routers lazily, and an idle machine."),
     "hub_idle_memory": (
-        "Most of the RSS is imported code: SQLAlchemy ~19 MiB, pydantic + pydantic-settings ~15 MiB, FastAPI/"
-        "Starlette ~10 MiB, asyncio+ssl ~10 MiB, and ~17 MiB for the OIDC stack (authlib, joserfc, cryptography's "
-        "8 MiB Rust extension) and httpx/rich/pygments, which `labhub serve` imports although it does not use them "
-        "unless OIDC is configured. Alembic (9 MiB) is no longer imported at start. What would close it: lazy "
-        "imports in labhub.auth.oidc / labhub.hub and labhub.cli.client (~-17 MiB measured)."),
+        "Most of the RSS is imported code: SQLAlchemy ~19 MiB, pydantic + pydantic-settings ~15 MiB, "
+        "FastAPI/Starlette ~10 MiB, asyncio+ssl ~10 MiB, and ~17 MiB for the OIDC stack (authlib, joserfc, "
+        "cryptography's 8 MiB Rust extension) and httpx/rich/pygments, which `labhub serve` imports although it "
+        "uses them only when OIDC is configured (labhub.auth.oidc via labhub.hub; labhub.cli.client). Alembic "
+        "(9 MiB) is no longer imported at start. What would close it: those lazy imports (-17 MiB measured with "
+        "per-module RSS deltas) bring it to ~83 MiB; the rest is trimming the FastAPI app (~70 routes and their "
+        "pydantic models)."),
     "list_1000": (
-        "The endpoint loads 1,000 ORM Instance objects with their owners (SQLAlchemy hydration ~40 % of the time), "
-        "builds 1,000 pydantic InstanceOut objects and FastAPI validates them again against response_model before "
-        "serializing. What would close it: a Core select of the listed columns serialized straight to JSON "
-        "(one TypeAdapter.dump_json of plain dicts), skipping the ORM and the double validation."),
+        "The endpoint loads 1,000 ORM Instance objects with their owners (SQLAlchemy hydration ~45 % of the time "
+        "under a profiler), builds 1,000 pydantic InstanceOut objects (~35 %) and FastAPI validates them again "
+        "against response_model before serializing. What would close it (labhub.api.instances / "
+        "services.instances): a Core select of the listed columns serialized straight to JSON with one "
+        "TypeAdapter.dump_json, skipping the ORM objects and the double validation."),
     "create_users": (
-        "Each POST is its own transaction with an audit record; SQLite commits are serialized."),
+        "Each POST goes through the FastAPI stack (token check, admin check, body model), a name lookup, the insert, "
+        "an audit record and a commit; SQLite serializes the commits, so 8 in flight do not overlap their writes "
+        "and the per-request work adds up in one event loop. What would close it (labhub.api.users): a leaner create "
+        "path (one INSERT relying on the unique constraint instead of a lookup first, the audit row in the same "
+        "statement batch), or a bulk endpoint as JupyterHub has (POST /hub/api/users with a list)."),
     "launch_single": "",
     "launch_concurrent": "",
     "memory_per_workspace": "",

@@ -80,6 +80,8 @@ async def test_other_users_cannot_see_or_open_it_and_an_admin_stops_it(hub, brow
 
     await row.get_by_role("link", name="Details of ws1").click()
     await expect(page.locator("#why")).to_have_text("Why it ended: Stopped by an admin (root).")
+    await audit(page)
+    await screenshot(page, "instance-stopped")
     await page.goto(f"{hub.url}/admin/system")
     await expect(page.get_by_role("cell", name="healthy", exact=True)).to_be_visible()
     await expect(page.get_by_text("none (fake backend: nothing runs)")).to_be_visible()
