@@ -146,17 +146,17 @@ class LoginThrottle:
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+                # Count before the client sees the answer, so its next attempt is already throttled.
+                if message["status"] == 401:
+                    hub.throttle.login_failed(account, address)
+                elif message["status"] == 303:
+                    hub.throttle.login_succeeded(account)
             await send(message)
 
         await self.app(scope, replay, watch)
         if not status or status[0] not in (303, 401):
             return  # a refused form (CSRF, validation): not a password decision
-        if status[0] == 401:
-            hub.throttle.login_failed(account, address)
-            action = "login.failed"
-        else:
-            hub.throttle.login_succeeded(account)
-            action = "login.ok"
+        action = "login.failed" if status[0] == 401 else "login.ok"
         async with hub.tx() as session:
             audit.record(session, actor=account if action == "login.ok" else None, action=action, target=account,
                          address=address, via="password")
