@@ -62,7 +62,7 @@ async def test_first_login_creates_a_pending_user_then_approval_lets_them_in(hub
     hub.idp.set_user("alice-sub", {"preferred_username": "Alice.Smith@uni.example", "email": "alice@uni.example",
                                    "groups": ["lab:gpu-users", "lab:members", "other:x"]})
     page = await hub.browser().get("/login")
-    assert 'href="/oauth/mock/login"' in page.text and "Lab IdP" in page.text and "Strict IdP" in page.text
+    assert 'href="/oauth/mock/login?next=/"' in page.text and "Lab IdP" in page.text and "Strict IdP" in page.text
 
     browser = hub.oidc_browser()
     browser.http.cookies.set("labhub_session", "planted-by-an-attacker", domain="127.0.0.1")

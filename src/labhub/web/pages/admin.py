@@ -100,17 +100,19 @@ async def disable(name: str, request: Request, actor: AdminPage, session: Sessio
     check_csrf(request, csrf_token)
     stopping = await admin.disable_user(session, actor=actor, name=name)
     await session.commit()
-    hub.auth.clear()  # cached sessions and tokens of this user must stop working now
+    hub.credentials_changed()  # cached sessions and tokens of this user must stop working now
     for instance_id in stopping:
         hub.reconciler.kick(instance_id, stop=True)
     return _back(next, "disabled", name)
 
 
 @router.post("/users/{name}/enable")
-async def enable(name: str, request: Request, actor: AdminPage, session: SessionDep,
+async def enable(name: str, request: Request, actor: AdminPage, session: SessionDep, hub: HubDep,
                  csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
     check_csrf(request, csrf_token)
     await admin.enable_user(session, actor=actor, name=name)
+    await session.commit()
+    hub.credentials_changed()  # a disabled or pending user's cached "nobody" must go
     return _back(next, "enabled", name)
 
 
@@ -121,7 +123,7 @@ async def role(name: str, request: Request, actor: AdminPage, session: SessionDe
     check_csrf(request, csrf_token)
     await admin.set_admin(session, actor=actor, name=name, admin=make_admin == "1")
     await session.commit()
-    hub.auth.clear()  # cached principals carry the admin flag
+    hub.credentials_changed()  # cached principals carry the admin flag
     return _back(next, "admin" if make_admin == "1" else "unadmin", name)
 
 

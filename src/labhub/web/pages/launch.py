@@ -13,7 +13,7 @@ from labhub.catalog import Template
 from labhub.hub import Hub
 from labhub.models import Instance, User
 from labhub.services import instances as svc
-from labhub.services import views
+from labhub.services import groups, views
 from labhub.services.errors import Forbidden, NotFound, ServiceError
 from labhub.services.instances import template_allowed
 from labhub.web.pages.common import PageUser, check_csrf, render
@@ -21,29 +21,30 @@ from labhub.web.pages.common import PageUser, check_csrf, render
 router = APIRouter(include_in_schema=False)
 
 
-def _cards(hub: Hub, user: User) -> list[views.TemplateCard]:
-    return views.catalog_cards(hub.catalog, user=user, groups=set(), sizes=hub.settings.sizes, backends=hub.backends)
+def _cards(hub: Hub, user: User, groups: set[str]) -> list[views.TemplateCard]:
+    return views.catalog_cards(hub.catalog, user=user, groups=groups, sizes=hub.settings.sizes, backends=hub.backends)
 
 
-def _template(hub: Hub, user: User, name: str) -> Template:
+def _template(hub: Hub, user: User, name: str, groups: set[str]) -> Template:
     tpl = hub.catalog.get(name)
     if tpl is None:
         raise NotFound(f"there is no template named {name!r}")
-    if not template_allowed(tpl, user=user, groups=set()):
+    if not template_allowed(tpl, user=user, groups=groups):
         raise Forbidden(f"the template {tpl.title!r} is only for members of: {', '.join(tpl.groups or [])}")
     return tpl
 
 
 @router.get("/launch")
-async def catalog(request: Request, user: PageUser, hub: HubDep) -> Response:
-    return render(request, "catalog.html", section="launch", cards=_cards(hub, user))
+async def catalog(request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
+    return render(request, "catalog.html", section="launch",
+                  cards=_cards(hub, user, await groups.names_of(session, user)))
 
 
 async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: User, tpl: Template, *,
                      form: dict[str, Any], fields: dict[str, str] | None = None, error: str = "",
                      status: int = 200) -> Response:
     choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
-    card = next(c for c in _cards(hub, user) if c.template.name == tpl.name)
+    card = next(c for c in _cards(hub, user, await groups.names_of(session, user)) if c.template.name == tpl.name)
     backends = [b for b in (tpl.backends or list(hub.backends)) if b in hub.backends]
     taken = sorted(await views.active_names(session, user=user))
     return render(request, "launch.html", status=status, section="launch", tpl=tpl, card=card, sizes=choices,
@@ -54,7 +55,7 @@ async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: Us
 async def launch_form(template: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
                       again: str = "") -> Response:
     """The form; ``?again=<instance id>`` fills it from an earlier launch."""
-    tpl = _template(hub, user, template)
+    tpl = _template(hub, user, template, await groups.names_of(session, user))
     choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
     taken = await views.active_names(session, user=user)
     form: dict[str, Any] = {"name": views.suggest_name(tpl.name, taken), "size": views.default_size(tpl, choices),
@@ -80,7 +81,8 @@ def _parse_hours(raw: str) -> tuple[float | None, str | None]:
 async def launch(template: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
     data = await request.form()
     check_csrf(request, str(data.get("csrf_token", "")))
-    tpl = _template(hub, user, template)
+    member_of = await groups.names_of(session, user)
+    tpl = _template(hub, user, template, member_of)
     raw = {k: v for k, v in data.items() if isinstance(v, str)}
     name = raw.get("name", "").strip()
     params, fields = views.form_params(tpl, raw)
@@ -95,7 +97,8 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
     try:
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
                                 backends=hub.backends, template=tpl.name, name=name, size=raw.get("size") or None,
-                                hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock())
+                                hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock(),
+                                groups=member_of)
     except ServiceError as exc:
         return await _form_page(request, session, hub, user, tpl, form=form, fields=exc.fields, status=exc.status,
                                 error=_sentence(exc.message) if not exc.fields else "Some fields need a change.")
@@ -122,7 +125,8 @@ async def retry(instance_id: str, request: Request, user: PageUser, session: Ses
     try:
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
                                 backends=hub.backends, template=old.template, name=old.name, size=old.size,
-                                hours=old.hours, params=dict(old.params or {}), backend=old.backend, now=hub.clock())
+                                hours=old.hours, params=dict(old.params or {}), backend=old.backend, now=hub.clock(),
+                                groups=await groups.names_of(session, user))
     except ServiceError:  # the name is taken again, or the template changed: let the user choose
         return RedirectResponse(f"/launch/{old.template}?again={old.id}", status_code=303)
     await session.commit()
