@@ -47,7 +47,7 @@ class HubProcess:
             self.proc = subprocess.Popen([sys.executable, "-m", "labhub.cli.main", "serve", "--bind",
                                           f"127.0.0.1:{self.port}"], env=self.env, stdout=log, stderr=log)
         async with httpx.AsyncClient() as http:
-            for _ in range(200):
+            for _ in range(600):  # 30 s: a loaded 2-core machine can take seconds to import the hub
                 try:
                     if (await http.get(f"{self.url}/api/v1/health")).status_code == 200:
                         return
