@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub import db
 from labhub.auth.mail import Mail, Mailer
-from labhub.auth.oidc import OidcRegistry
+from labhub.auth.flow import OidcRegistry
 from labhub.auth.providers import resolve_all
 from labhub.auth.throttle import LoginThrottle
 from labhub.backends import registry

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.auth import audit
+from labhub.auth.flow import OidcError
 from labhub.auth.mail import Mail
-from labhub.auth.oidc import OidcError
 from labhub.auth.providers import Provider
 from labhub.models import Identity, User, UserStatus, utcnow
 from labhub.services import approval, groups, users

@@ -21,7 +21,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from labhub.api.deps import AddressDep, HubDep, SessionDep
 from labhub.auth import audit, guards, identities
-from labhub.auth.oidc import FLOW_TTL, FlowState, OidcError
+from labhub.auth.flow import FLOW_TTL, FlowState, OidcError
 from labhub.models import UserStatus
 from labhub.services import approval, users
 from labhub.services.errors import ServiceError

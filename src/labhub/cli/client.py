@@ -11,10 +11,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
+
+if TYPE_CHECKING:
+    import httpx
 
 TERMINAL = {"stopped", "succeeded", "failed", "expired"}
 
@@ -39,6 +41,8 @@ def _credentials() -> tuple[str, str]:
 
 
 def _client() -> httpx.Client:
+    import httpx  # here, not at import: `labhub serve` never needs it
+
     url, token = _credentials()
     return httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
@@ -74,6 +78,8 @@ def login(
     token: Annotated[str, typer.Option(prompt="API token", hide_input=True, help="from the Tokens page or `labhub token issue`")],
 ) -> None:
     """Save the hub URL and an API token for the other client commands."""
+    import httpx
+
     resp = httpx.get(f"{url.rstrip('/')}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     me = _check(resp)
     path = _config_path()
@@ -117,6 +123,8 @@ def launch(
 
 
 def _wait(client: httpx.Client, inst: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
     seen = 0
     with client.stream("GET", f"/instances/{inst['id']}/events", headers={"Accept": "text/event-stream"},
                        timeout=httpx.Timeout(30, read=None)) as resp:
@@ -164,6 +172,8 @@ def logs(name: str, tail: Annotated[int, typer.Option(help="number of lines")] =
 
 def events(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False) -> None:
     """Print NAME's events."""
+    import httpx
+
     with _client() as client:
         inst = _find(client, name)
         if not follow:

@@ -23,7 +23,6 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import select, update
 
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
@@ -49,7 +48,6 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._ticks = 0
-        self._http: httpx.AsyncClient | None = None
         self._flushed_activity: dict[str, float] = {}
         self._stop_requested: set[str] = set()
         self._naps: dict[str, asyncio.Event] = {}  # start watchers waiting; call-home wakes them
@@ -71,9 +69,6 @@ class Reconciler:
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.flush_activity()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
 
     def kick(self, instance_id: str | None = None, *, stop: bool = False) -> None:
         """Wake the loop now (after a launch or stop request)."""
@@ -245,13 +240,8 @@ class Reconciler:
             return True
         if not await _listening(url, wait):
             return False
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0))
-        try:
-            resp = await self._http.get(f"{url}{base_url}{ready_path}", headers={"Authorization": f"token {token}"})
-        except httpx.HTTPError:
-            return False
-        return resp.status_code < 500 and resp.status_code not in (404, 401, 403)
+        status = await _http_status(url, f"{base_url}{ready_path}", token)
+        return status is not None and status < 500 and status not in (404, 401, 403)
 
     async def _became_ready(self, instance_id: str, url: str, took: float) -> None:
         async with self.hub.tx() as session:
@@ -457,6 +447,30 @@ async def _listening(url: str, wait: float) -> bool:
             continue
         writer.close()
         return True
+
+
+async def _http_status(url: str, path: str, token: str, timeout: float = 5.0) -> int | None:
+    """The status code of ``GET path`` on ``url`` with the instance token, or None.
+
+    One small request on its own connection: the hub does not need a general HTTP
+    client for this (httpx would cost the hub several MiB and a slower start)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: token {token}\r\n"
+                             f"Connection: close\r\n\r\n".encode())
+                line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return None
+    fields = line.split(b" ", 2)
+    if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
+        return None
+    return int(fields[1])
 
 
 def _describe(handle: Handle) -> str:
