@@ -35,3 +35,9 @@ clean:
 bench: $(STAMP)  ## benchmarks against JupyterHub + CHP (installs them under benchmarks/); QUICK=1: each figure once
 	bash benchmarks/install.sh "$(PYTHON)"
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)
+	@if [ "$$(id -u)" = 0 ] && command -v slurmctld >/dev/null; then \
+	  echo "LabHub on Slurm: launch -> reachable vs raw sbatch -> RUNNING"; \
+	  mkdir -p benchmarks/results/quick; \
+	  $(BIN)/python benchmarks/slurm_launch.py --runs $(if $(QUICK),1,7) \
+	    > benchmarks/results/$(if $(QUICK),quick/,)slurm_launch.json && cat benchmarks/results/$(if $(QUICK),quick/,)slurm_launch.json; \
+	else echo "skipping the Slurm launch figure (needs root and slurm-wlm: make system)"; fi
