@@ -7,11 +7,9 @@ as a site would, and jobs call home to the hub's bind address.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import yaml
 
 from tests.backends.conftest import slurm_cluster  # noqa: F401 - the session's cluster fixture
 from tests.e2e.conftest import run_code
+from tests.hubprocess import HubProcess, wait_status
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slurm]
 IS_ROOT = os.geteuid() == 0
@@ -173,58 +172,6 @@ async def test_controller_outage_makes_instances_unknown_and_they_come_back(
     await hub.wait_status(alice, inst["id"], {"stopped"}, timeout=60)
 
 
-class HubProcess:
-    """``labhub serve`` as a child process, configured only through the environment."""
-
-    def __init__(self, data_dir: Path, database_url: str, extra: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **extra, "LABHUB_DATA_DIR": str(data_dir), "LABHUB_DATABASE_URL": database_url,
-                    "LABHUB_LOG_LEVEL": "warning", "LABHUB_RECONCILE_INTERVAL": "0.3",
-                    "LABHUB_BIND": f"127.0.0.1:{self.port}"}
-        self.log = data_dir.parent / "hub.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str, stdin: str = "") -> str:
-        return subprocess.run([sys.executable, "-m", "labhub.cli.main", *args], env=self.env, input=stdin,
-                              capture_output=True, text=True, timeout=60, check=True).stdout
-
-    def _spawn(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "labhub.cli.main", "serve"], env=self.env,
-                                         stdout=log, stderr=log)
-
-    async def start(self) -> None:
-        self._spawn()
-        assert self.proc is not None
-        async with httpx.AsyncClient() as http:
-            for _ in range(400):
-                try:
-                    if (await http.get(f"{self.url}/api/v1/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                assert self.proc.poll() is None, self.log.read_text()
-                await asyncio.sleep(0.05)
-        raise AssertionError("hub did not come up: " + self.log.read_text())
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-
-
-async def _status(http: httpx.AsyncClient, iid: str, want: str, within: float = 60) -> dict:
-    body: dict = {}
-    for _ in range(int(within / 0.1)):
-        body = (await http.get(f"/api/v1/instances/{iid}")).json()
-        if body["status"] == want:
-            return body
-        assert body["status"] not in {"failed", "stopped", "expired"}, body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not {want}: {body}")
-
-
 async def test_a_restarted_hub_readopts_slurm_instances(slurm_env, sqlite_url, shared_tmp, slurm_cluster):  # noqa: F811
     hub = HubProcess(shared_tmp / "data", sqlite_url, slurm_env)
     await hub.start()
@@ -235,7 +182,7 @@ async def test_a_restarted_hub_readopts_slurm_instances(slurm_env, sqlite_url, s
                                      timeout=30) as http:
             resp = await http.post("/api/v1/instances", json={"template": "web", "name": "web1", "backend": "slurm"})
             inst = resp.json()
-            running = await _status(http, inst["id"], "running")
+            running = await wait_status(http, inst["id"], "running")
             first = (await http.get(inst["url"])).text
             assert first.startswith("hello from ")
             job = first.removeprefix("hello from ")
@@ -243,7 +190,7 @@ async def test_a_restarted_hub_readopts_slurm_instances(slurm_env, sqlite_url, s
             hub.kill(signal.SIGKILL)
             assert slurm_cluster.squeue_state(job) == "RUNNING"  # the job outlived the hub
             await hub.start()
-            again = await _status(http, inst["id"], "running", within=15)
+            again = await wait_status(http, inst["id"], "running", within=15)
             assert (await http.get(inst["url"])).text == first  # same job, through the new proxy
             assert again["started_at"] == running["started_at"]
             events = (await http.get(f"/api/v1/instances/{inst['id']}/events")).json()
@@ -252,7 +199,7 @@ async def test_a_restarted_hub_readopts_slurm_instances(slurm_env, sqlite_url, s
             assert jobs.count(f"labhub-{inst['id']}") == 1
 
             assert (await http.delete(f"/api/v1/instances/{inst['id']}")).status_code == 202
-            await _status(http, inst["id"], "stopped")
+            await wait_status(http, inst["id"], "stopped")
             assert slurm_cluster.squeue_state(job) in ("CANCELLED", "GONE")
     finally:
         hub.kill(signal.SIGTERM)
