@@ -89,11 +89,11 @@ def _at_head(connection: Connection) -> bool:
 def _upgrade_sync(connection: Connection) -> None:
     if _at_head(connection):
         return
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # before its import logs plugin set-up
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = _alembic_config(connection)
     head = ScriptDirectory.from_config(cfg).get_current_head()
     current = MigrationContext.configure(connection).get_current_revision()
