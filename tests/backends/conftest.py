@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,9 +20,10 @@ import pytest_asyncio
 
 from labhub.backends.base import Backend, BackendError, Handle
 from labhub.backends.commands import CommandResult, CommandRunner
+from labhub.backends.local import LocalBackend
 from tests import slurmcluster
+from tests.backends.local_support import IS_ROOT, SESSION_TAG, cleanup_backend
 
-IS_ROOT = os.geteuid() == 0
 USERDEL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -185,3 +188,65 @@ class ScriptedRunner(CommandRunner):
             return CommandResult(tuple(argv), 0, item, "")
         code, out, err = item
         return CommandResult(tuple(argv), code, out, err)
+
+
+# -- the local backend's fixtures (helpers in local_support.py) ---------------------
+
+
+@pytest.fixture(scope="session")
+def local_accounts_cleanup() -> Iterator[str]:
+    """The owner-name prefix of this run; deletes its system accounts at the end."""
+    yield SESSION_TAG
+    if not IS_ROOT:
+        return
+    userdel = shutil.which("userdel", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    for pw in pwd.getpwall():
+        if pw.pw_name.startswith("labhub-" + SESSION_TAG) and userdel:
+            subprocess.run([userdel, pw.pw_name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def local_owner(local_accounts_cleanup: str) -> str:
+    return local_accounts_cleanup
+
+
+@pytest.fixture
+def local_py() -> str:
+    """A Python the instance accounts can execute.
+
+    As root, instances run as system accounts, which cannot read the hub's own
+    interpreter when it lives under /root (as pyenv's does here).
+    """
+    if not IS_ROOT:
+        return sys.executable
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("no system-wide python3 for the instance accounts")
+
+
+@pytest.fixture
+def local_state_dir() -> Iterator[Path]:
+    """A state dir the instance accounts can traverse (pytest's tmp_path is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="labhub-local-test-", dir="/tmp"))
+    d.chmod(0o711)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(params=["auto", "none"])
+async def local_backend(local_state_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[LocalBackend]:
+    """Every behaviour with the isolation this machine allows, and with none."""
+    backend = LocalBackend(
+        state_dir=local_state_dir / "state", hub_id="test-" + secrets.token_hex(3), isolation=request.param
+    )
+    yield backend
+    await cleanup_backend(backend)
+
+
+@pytest_asyncio.fixture
+async def local_isolated_backend(local_state_dir: Path) -> AsyncIterator[LocalBackend]:
+    """The backend with the isolation this machine allows (``isolation="auto"``)."""
+    backend = LocalBackend(state_dir=local_state_dir / "state", hub_id="test-" + secrets.token_hex(3))
+    yield backend
+    await cleanup_backend(backend)

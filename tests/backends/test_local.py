@@ -9,189 +9,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pwd
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from labhub.backends import procinfo
-from labhub.backends.base import BackendError, Capability, Handle, LaunchSpec, Phase, Resources
+from labhub.backends.base import BackendError, Phase
 from labhub.backends.local import LocalBackend
-from labhub.backends.local_isolation import Cgroups, account_name
-
-IS_ROOT = os.geteuid() == 0
-root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root (system accounts, cgroups)")
-SESSION_TAG = "t" + secrets.token_hex(3)
-SLEEP = "import time; time.sleep(60)"
-
-
-# -- fixtures ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def local_accounts_cleanup() -> Iterator[str]:
-    """The owner-name prefix of this run; deletes its system accounts at the end."""
-    yield SESSION_TAG
-    if not IS_ROOT:
-        return
-    userdel = shutil.which("userdel", path="/usr/sbin:/usr/bin:/sbin:/bin")
-    for pw in pwd.getpwall():
-        if pw.pw_name.startswith("labhub-" + SESSION_TAG) and userdel:
-            subprocess.run([userdel, pw.pw_name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def local_owner(local_accounts_cleanup: str) -> str:
-    return local_accounts_cleanup
-
-
-@pytest.fixture
-def local_py() -> str:
-    """A Python the instance accounts can execute.
-
-    As root, instances run as system accounts, which cannot read the hub's own
-    interpreter when it lives under /root (as pyenv's does here).
-    """
-    if not IS_ROOT:
-        return sys.executable
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("no system-wide python3 for the instance accounts")
-
-
-@pytest.fixture
-def local_state_dir() -> Iterator[Path]:
-    """A state dir the instance accounts can traverse (pytest's tmp_path is 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="labhub-local-test-", dir="/tmp"))
-    d.chmod(0o711)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest_asyncio.fixture(params=["auto", "none"])
-async def local_backend(local_state_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[LocalBackend]:
-    """Every behaviour with the isolation this machine allows, and with none."""
-    backend = LocalBackend(
-        state_dir=local_state_dir / "state", hub_id="test-" + secrets.token_hex(3), isolation=request.param
-    )
-    yield backend
-    await _cleanup(backend)
-
-
-@pytest_asyncio.fixture
-async def local_isolated_backend(local_state_dir: Path) -> AsyncIterator[LocalBackend]:
-    """The backend with the isolation this machine allows (``isolation="auto"``)."""
-    backend = LocalBackend(state_dir=local_state_dir / "state", hub_id="test-" + secrets.token_hex(3))
-    yield backend
-    await _cleanup(backend)
-
-
-async def _cleanup(backend: LocalBackend) -> None:
-    for handle in await backend.list_owned():
-        await backend.terminate(handle, grace=0.2)
-    await backend.close()
-
-
-# -- helpers ----------------------------------------------------------------------
-
-
-def make_spec(
-    command: list[str],
-    *,
-    owner: str,
-    instance_id: str | None = None,
-    env: dict[str, str] | None = None,
-    home: Path | None = None,
-    memory_mb: int = 256,
-    cpus: float = 1.0,
-    gpus: int = 0,
-    token: str = "tok-" + "s3cret",
-) -> LaunchSpec:
-    iid = instance_id or "i" + secrets.token_hex(6)
-    return LaunchSpec(
-        instance_id=iid,
-        owner=owner,
-        name="ws",
-        kind="workspace",
-        command=command,
-        env=env or {},
-        resources=Resources(cpus=cpus, memory_mb=memory_mb, gpus=gpus),
-        base_url=f"/user/{owner}/{iid}/",
-        token=token,
-        time_limit_s=600,
-        home=str(home) if home else None,
-    )
-
-
-def http_server(py: str) -> list[str]:
-    return [py, "-m", "http.server", "--bind", "{ip}", "{port}"]
-
-
-async def wait_until(cond: Callable[[], Any], within: float = 8.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = cond()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_phase(backend: LocalBackend, handle: Handle, phase: Phase, within: float = 8.0):
-    async def check():
-        obs = await backend.observe(handle["instance_id"], handle)
-        return obs if obs.phase == phase else None
-
-    return await wait_until(check, within, f"phase {phase}")
-
-
-async def log_lines(backend: LocalBackend, handle: Handle, tail: int = 100) -> list[str]:
-    return [line async for line in backend.logs(handle, tail=tail)]
-
-
-def group_members(pgid: int) -> list[int]:
-    return [st.pid for st in procinfo.all_stats() if st.pgrp == pgid]
-
-
-def read_environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-
-
-def write_log(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def read_text(path: str | Path) -> str:
-    return Path(path).read_text()
-
-
-def exists(path: str | Path) -> bool:
-    return Path(path).exists()
-
-
-def owner_uid(path: str | Path) -> int:
-    return Path(path).stat().st_uid
-
-
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
+from tests.backends.local_support import (
+    SLEEP,
+    cleanup_backend,
+    cmdline,
+    exists,
+    group_members,
+    http_server,
+    log_lines,
+    make_spec,
+    read_environ,
+    read_text,
+    wait_phase,
+    wait_until,
+    write_log,
+)
 
 # -- lifecycle --------------------------------------------------------------------
 
@@ -490,7 +333,7 @@ async def test_list_owned_filters_hub_and_dead(local_backend: LocalBackend, loca
         assert [h["instance_id"] for h in await local_backend.list_owned()] == [mine["instance_id"]]
         assert [h["instance_id"] for h in await other_hub.list_owned()] == [theirs["instance_id"]]
     finally:
-        await _cleanup(other_hub)
+        await cleanup_backend(other_hub)
 
 
 @pytest.mark.asyncio
@@ -520,143 +363,3 @@ def test_tail_lines_block_boundaries(tmp_path: Path):
                 assert procinfo.tail_lines(f, n, block=block) == lines[-n:], (n, block, ending)
     f.write_text("")
     assert procinfo.tail_lines(f, 5) == []
-
-
-# -- description, health, GPUs ------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_health_and_description(local_backend: LocalBackend, local_state_dir: Path):
-    await local_backend.health()
-    assert Capability.LOGS in local_backend.capabilities
-    text = local_backend.describe_isolation()
-    assert ("system accounts" in text) == (IS_ROOT and local_backend.isolation == "auto")
-    none = LocalBackend(state_dir=local_state_dir / "none", isolation="none")
-    assert none.describe_isolation().startswith("processes run as the hub's own user")
-    with pytest.raises(ValueError):
-        LocalBackend(state_dir=local_state_dir / "bad", isolation="strict")
-
-
-def test_account_names():
-    assert account_name("labhub-", "alice") == "labhub-alice"
-    long_a = account_name("labhub-", "a" * 30 + "-one")
-    long_b = account_name("labhub-", "a" * 30 + "-two")
-    assert len(long_a) <= 32 and len(long_b) <= 32 and long_a != long_b
-    assert long_a.startswith("labhub-" + "a" * 20)
-    assert len(account_name("labhub-", "b" * 63)) <= 32
-    with pytest.raises(BackendError):
-        account_name("labhub-", "Robert'); DROP")
-
-
-@pytest.mark.asyncio
-async def test_gpu_assignment(local_state_dir: Path, local_py: str, local_owner: str):
-    backend = LocalBackend(state_dir=local_state_dir / "gpu", hub_id="gpu-hub", gpus=2)
-    try:
-        assert Capability.GPUS in backend.capabilities
-        assert backend.unsupported(make_spec([local_py], owner=local_owner, gpus=2)) == {}
-        assert "size" in backend.unsupported(make_spec([local_py], owner=local_owner, gpus=3))
-        a = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
-        b = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
-        c = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=0))
-        assigned = {read_environ(h["pid"])["CUDA_VISIBLE_DEVICES"] for h in (a, b)}
-        assert assigned == {"0", "1"}
-        assert read_environ(c["pid"])["CUDA_VISIBLE_DEVICES"] == ""
-        with pytest.raises(BackendError, match="only 0 are free"):
-            await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
-        await backend.terminate(a, grace=0.5)
-        d = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
-        assert d["gpus"] == a["gpus"]
-    finally:
-        await _cleanup(backend)
-    no_gpu = LocalBackend(state_dir=local_state_dir / "nogpu", gpus=0)
-    assert Capability.GPUS not in no_gpu.capabilities
-    assert "size" in no_gpu.unsupported(make_spec([local_py], owner=local_owner, gpus=1))
-
-
-# -- isolation (root) -----------------------------------------------------------------------
-
-
-def _cgroups_writable() -> bool:
-    return IS_ROOT and Cgroups(Path("/sys/fs/cgroup")).available
-
-
-cgroups_only = pytest.mark.skipif(not _cgroups_writable(), reason="cgroup v1 memory controller not writable")
-
-
-@root_only
-@pytest.mark.asyncio
-async def test_runs_as_owner_account(
-    local_isolated_backend: LocalBackend, local_py: str, local_owner: str, local_state_dir: Path
-):
-    home = local_state_dir / "homes" / local_owner
-    handle = await local_isolated_backend.submit(
-        make_spec([local_py, "-c", SLEEP], owner=local_owner, home=home)
-    )
-    pw = pwd.getpwnam(f"labhub-{local_owner}")
-    assert pw.pw_uid != 0 and handle["uid"] == pw.pw_uid and handle["user"] == pw.pw_name
-    assert procinfo.status_uids(handle["pid"]) == (pw.pw_uid,) * 4
-    status = read_text(f"/proc/{handle['pid']}/status")
-    gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
-    assert gid_line.split()[1:] == [str(pw.pw_gid)] * 4
-    groups_line = next(line for line in status.splitlines() if line.startswith("Groups:"))
-    assert groups_line.split()[1:] == []  # root's supplementary groups are dropped
-    assert owner_uid(home) == pw.pw_uid
-    assert owner_uid(handle["log"]) == pw.pw_uid
-    assert read_environ(handle["pid"])["USER"] == pw.pw_name
-    # The hub's files stay the hub's: the account cannot forge a handle.
-    assert owner_uid(local_isolated_backend.state_dir / handle["instance_id"] / "handle.json") == 0
-    assert owner_uid(local_isolated_backend.state_dir / handle["instance_id"]) == 0
-
-
-@root_only
-@cgroups_only
-@pytest.mark.asyncio
-async def test_cgroup_limits(local_isolated_backend: LocalBackend, local_py: str, local_owner: str):
-    # The grandchild leaves the process group; the cgroup still holds it.
-    code = (
-        "import subprocess, sys, time\n"
-        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
-        "time.sleep(60)\n"
-    )
-    spec = make_spec([local_py, "-c", code], owner=local_owner, memory_mb=200, cpus=0.5)
-    handle = await local_isolated_backend.submit(spec)
-    mem = Path(handle["cgroup"])
-    cpu = Path("/sys/fs/cgroup/cpu/labhub") / spec.instance_id
-    assert mem == Path("/sys/fs/cgroup/memory/labhub") / spec.instance_id
-    assert int(read_text(mem / "memory.limit_in_bytes")) == 200 * 1024 * 1024
-    assert handle["pid"] in Cgroups.pids([mem])
-    if exists(cpu):
-        assert int(read_text(cpu / "cpu.cfs_quota_us")) == 50_000
-        assert int(read_text(cpu / "cpu.cfs_period_us")) == 100_000
-        assert handle["pid"] in Cgroups.pids([cpu])
-    pids_dir = Path("/sys/fs/cgroup/pids/labhub") / spec.instance_id
-    if exists(pids_dir):
-        assert read_text(pids_dir / "pids.max").strip() == "4096"
-    await wait_until(lambda: len(Cgroups.pids([mem])) == 2, what="grandchild in the cgroup")
-    escaped = (Cgroups.pids([mem]) - {handle["pid"]}).pop()
-    assert procinfo.read_stat(escaped).pgrp != handle["pgid"]
-
-    assert await local_isolated_backend.terminate(handle, grace=2.0) is True
-    assert procinfo.read_stat(escaped) is None or procinfo.read_stat(escaped).dead
-    assert not exists(mem) and not exists(cpu) and not exists(pids_dir)
-
-
-@root_only
-@cgroups_only
-@pytest.mark.asyncio
-async def test_out_of_memory_is_reported(
-    local_isolated_backend: LocalBackend, local_py: str, local_owner: str
-):
-    code = "import time; b = b'x' * (400 * 1024 * 1024); time.sleep(30)"
-    handle = await local_isolated_backend.submit(
-        make_spec([local_py, "-c", code], owner=local_owner, memory_mb=64)
-    )
-    obs = await wait_phase(local_isolated_backend, handle, Phase.FAILED)
-    assert obs.reason == "OOM"
-    assert obs.message == "killed: out of memory (limit 64 MiB)"
-    assert obs.exit_code == 137
-    # A restarted hub, no longer the parent, still learns it from the cgroup.
-    restarted = LocalBackend(state_dir=local_isolated_backend.state_dir, hub_id=local_isolated_backend.hub_id)
-    assert (await restarted.observe(handle["instance_id"], handle)).reason == "OOM"
-    assert await local_isolated_backend.terminate(handle) is True
-    assert not exists(handle["cgroup"])
