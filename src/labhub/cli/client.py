@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -125,7 +124,6 @@ def launch(
 def _wait(client: httpx.Client, inst: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
-    seen = 0
     with client.stream("GET", f"/instances/{inst['id']}/events", headers={"Accept": "text/event-stream"},
                        timeout=httpx.Timeout(30, read=None)) as resp:
         for line in resp.iter_lines():
@@ -134,11 +132,9 @@ def _wait(client: httpx.Client, inst: dict[str, Any]) -> dict[str, Any]:
             event = json.loads(line[6:])
             if not event:
                 break
-            seen = event["id"]
             typer.echo(f"  {event['status']}: {event['message'].splitlines()[0] if event['message'] else ''}")
             if event["status"] in ("running", *TERMINAL):
                 break
-    del seen
     return _check(client.get(f"/instances/{inst['id']}"))
 
 
@@ -186,7 +182,6 @@ def events(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", hel
                 if line.startswith("data: ") and line != "data: {}":
                     e = json.loads(line[6:])
                     typer.echo(f"{e['at']}  {e['status']:<10} {e['message']}")
-    _ = time
 
 
 def register(app: typer.Typer) -> None:
