@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from labhub.auth.throttle import LoginThrottle, Throttle, address_key
@@ -91,8 +93,13 @@ async def test_login_is_throttled_with_retry_after_and_audited(identity_hub):
     hub.hub.throttle.logins.clock = lambda: 10**12  # much later
     ok = await browser.login("alice", "right password")
     assert ok.status_code == 303
-    assert any(e["action"] == "login.ok" for e in (await admin.http.get(
-        "/api/v1/audit", params={"target": "alice"})).json()["events"])
+    # The audit row is written once the response has gone out: give it a moment.
+    for _ in range(100):
+        events = (await admin.http.get("/api/v1/audit", params={"target": "alice"})).json()["events"]
+        if any(e["action"] == "login.ok" for e in events):
+            break
+        await asyncio.sleep(0.05)
+    assert any(e["action"] == "login.ok" for e in events)
 
 
 @pytest.mark.asyncio
