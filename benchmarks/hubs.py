@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import secrets
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lib import (
     CHP_BIN,
@@ -66,12 +68,18 @@ def descendants_matching(root: int, needle: str) -> list[int]:
     return tops
 
 
+#: as root, the benchmarks run LabHub as this unprivileged account: with isolation "none" (instances as the
+#: hub's own user, like JupyterHub's SimpleLocalProcessSpawner) LabHub refuses to run user code as root
+LABHUB_RUN_AS = "nobody" if os.geteuid() == 0 else None
+
+
 class LabHub:
     name = "labhub"
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.data = work / "labhub-data"
+        self.urls: dict[tuple[str, str], str] = {}  # (user, instance name) -> its URL as the API gives it
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.templates = work / "labhub-templates"
@@ -94,18 +102,32 @@ class LabHub:
         self.proc: Proc | None = None
         self.admin_token = ""
         self.tokens: dict[str, str] = {}
+        if LABHUB_RUN_AS:  # its data directory is its own; what lies above it, traversable
+            self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            account = pwd.getpwnam(LABHUB_RUN_AS)
+            os.chown(self.data, account.pw_uid, account.pw_gid)
+            for parent in self.data.parents:
+                if parent == Path("/tmp") or parent == parent.parent:
+                    break
+                parent.chmod(parent.stat().st_mode | 0o011)
+            self.env["HOME"] = str(self.data)
+
+    def _ids(self) -> dict:
+        if not LABHUB_RUN_AS:
+            return {}
+        return {"user": LABHUB_RUN_AS, "group": pwd.getpwnam(LABHUB_RUN_AS).pw_gid, "extra_groups": []}
 
     def seed(self, *, users: int = 0, instances: int = 0, token_users: int = 0) -> None:
         out = subprocess.run([str(LABHUB_PY), str(HERE / "lh_seed.py"), "--users", str(users), "--instances",
                               str(instances), "--token-users", str(token_users)], env=self.env, capture_output=True,
-                             text=True, check=True, timeout=300)
+                             text=True, check=True, timeout=300, **self._ids())
         data = json.loads(out.stdout.strip().splitlines()[-1])
         self.admin_token = data["admin_token"]
         self.tokens.update(data["tokens"])
 
     def start(self) -> Proc:
         self.proc = Proc([str(LABHUB_PY), "-m", "labhub.cli.main", "serve"], env=self.env,
-                         log_path=self.work / "labhub.log")
+                         log_path=self.work / "labhub.log", user=LABHUB_RUN_AS)
         return self.proc
 
     async def wait_healthy(self, timeout: float = 60) -> float:
@@ -132,10 +154,13 @@ class LabHub:
         status, body = await self.api("POST", "/api/v1/instances", user, {"template": template, "name": name})
         if status != 201:
             raise RuntimeError(f"labhub launch failed: {status} {body}")
+        self.urls[(user, name)] = body["url"]  # type: ignore[index]
         return body["id"]  # type: ignore[index]
 
-    def instance_path(self, user: str, name: str) -> str:
-        return f"/user/{user}/{name}/"
+    def instance_origin(self, user: str, name: str) -> str | None:
+        """``host:port`` of the instance's own origin (None: a LabHub serving instances under /user/...)."""
+        url = self.urls.get((user, name), "")
+        return urlsplit(url).netloc if url.startswith("http") and "--" in url else None
 
     async def wait_instance(self, user: str, name: str, path: str = "api", want: bytes | None = b"version",
                             timeout: float = 180, iid: str | None = None) -> float:
@@ -149,6 +174,10 @@ class LabHub:
 
             await sse_until(HOST, self.port, f"/api/v1/instances/{iid}/events", self.auth(user), running,
                             timeout=timeout)
+        origin = self.instance_origin(user, name)
+        if origin is not None:  # its own origin, reached at the hub's address (Python cannot resolve *.localhost)
+            return await wait_ready(HOST, self.port, f"/{path}", {**self.auth(user), "Host": origin},
+                                    timeout=timeout, interval=0.01, proc=self.proc, want=want)
         return await wait_ready(HOST, self.port, f"/user/{user}/{name}/{path}", self.auth(user), timeout=timeout,
                                 interval=0.01, proc=self.proc, want=want)
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -72,13 +73,16 @@ class Proc:
     """A child started in its own session (so its whole tree can be stopped)."""
 
     def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None, log_path: Path | None = None,
-                 cwd: Path | None = None, pin: bool = True) -> None:
+                 cwd: Path | None = None, pin: bool = True, user: str | None = None) -> None:
+        """``user``: run as this system account (the harness itself may be root)."""
         self.argv = list(argv)
         self.log_path = log_path
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.t0 = time.perf_counter()
+        ids = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
         self.popen = subprocess.Popen(pinned(argv) if pin else list(argv), env=env, cwd=cwd, stdout=out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                      **ids)
         if log_path:
             out.close()  # type: ignore[union-attr]
 

@@ -275,24 +275,32 @@ async def proxy_figures(cfg: Config, work: Path, peers: bool) -> list[Figure]:
         token = lh.tokens["bench1"]
         hdr = {"Authorization": f"Bearer {token}"}
         path = "/user/bench1/echo/"
-        targets = {"direct": (f"http://{HOST}:{bport}{path}", bpid),
-                   "labhub": (f"http://{HOST}:{lh.port}{path}", hub_pid)}
+        # who -> (URL to connect to, pid, extra headers, URL the WebSocket client names, its connect address)
+        targets = {"direct": (f"http://{HOST}:{bport}{path}", bpid, {}, f"ws://{HOST}:{bport}{path}", None)}
+        origin = lh.instance_origin("bench1", "echo")  # LabHub serves each instance on its own origin
+        if origin is not None:
+            targets["labhub"] = (f"http://{HOST}:{lh.port}/", hub_pid, {"Host": origin}, f"ws://{origin}/",
+                                 f"{HOST}:{lh.port}")
+        else:  # a LabHub from before instance origins (BENCH_LABHUB_SRC): /user/... on its own origin
+            targets["labhub"] = (f"http://{HOST}:{lh.port}{path}", hub_pid, {}, f"ws://{HOST}:{lh.port}{path}", None)
         if chp is not None:
-            targets["peer"] = (f"http://{HOST}:{chp.port}{path}", chp.proc.pid)  # type: ignore[union-attr]
+            targets["peer"] = (f"http://{HOST}:{chp.port}{path}", chp.proc.pid, {},  # type: ignore[union-attr]
+                               f"ws://{HOST}:{chp.port}{path}", None)
         # warm-up: fill pools and caches; CHP (node) needs a few seconds for its JIT
-        for who, (url, _) in targets.items():
-            wrk(url, connections=32, seconds=4 if who == "peer" else 1, headers=hdr)
+        for who, (url, _, extra, _, _) in targets.items():
+            wrk(url, connections=32, seconds=4 if who == "peer" else 1, headers={**hdr, **extra})
         order = list(targets)
         for r in range(cfg.proxy_rounds):
             res: dict[str, dict] = {}
             for who in order:
-                url, pid = targets[who]
+                url, pid, extra, ws_url, connect = targets[who]
+                h = {**hdr, **extra}
                 c0 = cpu_s(pid, with_children=False)
-                t = wrk(url, connections=32, seconds=cfg.wrk_seconds, headers=hdr)
+                t = wrk(url, connections=32, seconds=cfg.wrk_seconds, headers=h)
                 t["cpu_ms_per_req"] = (cpu_s(pid, with_children=False) - c0) / t["requests"] * 1e3
-                one = wrk(url, connections=1, seconds=cfg.wrk_seconds, headers=hdr)
-                w = ws_client(url.replace("http://", "ws://"), token, cfg, "websockets")
-                w_raw = ws_client(url.replace("http://", "ws://"), token, cfg, "raw")
+                one = wrk(url, connections=1, seconds=cfg.wrk_seconds, headers=h)
+                w = ws_client(ws_url, token, cfg, "websockets", connect)
+                w_raw = ws_client(ws_url, token, cfg, "raw", connect)
                 res[who] = {"thr": t, "one": one, "ws": w, "ws_raw": w_raw}
             d, lhr, p = res["direct"], res["labhub"], res.get("peer")
             thr.baseline.append(d["thr"]["rps"])
@@ -357,11 +365,12 @@ async def proxy_figures(cfg: Config, work: Path, peers: bool) -> list[Figure]:
     return [thr, lat50, lat99, cpu, ws, hs]
 
 
-def ws_client(url: str, token: str, cfg: Config, client: str) -> dict:
-    """One run of wsclient.py in its own (pinned) process."""
+def ws_client(url: str, token: str, cfg: Config, client: str, connect: str | None = None) -> dict:
+    """One run of wsclient.py in its own (pinned) process; ``connect``: ``HOST:PORT`` when ``url``'s host
+    is an instance origin (``*.localhost``) that Python cannot resolve."""
     argv = [sys.executable, str(HERE / "wsclient.py"), url, "--client", client, "--header",
             f"Authorization: Bearer {token}", "--messages", str(cfg.ws_messages), "--handshakes",
-            str(cfg.ws_handshakes)]
+            str(cfg.ws_handshakes), *(["--connect", connect] if connect else [])]
     out = subprocess.run(pinned(argv), capture_output=True, text=True, timeout=300, check=True)
     return json.loads(out.stdout)
 

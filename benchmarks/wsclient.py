@@ -13,6 +13,9 @@ Two clients, same measurements:
   almost all that differs between "through" and "direct".
 
 usage: python wsclient.py URL [--client raw|websockets] [--header 'Name: value'] [--messages N] [--handshakes N]
+                           [--connect HOST:PORT]
+``--connect``: where to connect when URL names a host Python cannot resolve (an
+instance origin under ``*.localhost``); URL's host is still sent as ``Host``.
 prints one JSON object.
 """
 
@@ -42,14 +45,15 @@ FRAME = _masked_frame(PAYLOAD)
 ECHO_LEN = 2 + len(PAYLOAD)
 
 
-def handshake(host: str, port: int, path: str, headers: list[str]) -> tuple[socket.socket, float]:
+def handshake(host: str, port: int, path: str, headers: list[str],
+              connect: tuple[str, int] | None = None) -> tuple[socket.socket, float]:
     """A connected, upgraded socket and the seconds it took."""
     key = base64.b64encode(os.urandom(16)).decode()
     req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
            + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
     t0 = time.perf_counter()
-    sock = socket.create_connection((host, port))
+    sock = socket.create_connection(connect or (host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(req)
     buf = b""
@@ -94,16 +98,17 @@ def close(sock: socket.socket) -> None:
         sock.close()
 
 
-def measure(url: str, headers: list[str], messages: int, handshakes: int, warmup: int = 200) -> dict:
+def measure(url: str, headers: list[str], messages: int, handshakes: int, warmup: int = 200,
+            connect: tuple[str, int] | None = None) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
     hs = []
     for _ in range(handshakes):
-        sock, took = handshake(host, port, path, headers)
+        sock, took = handshake(host, port, path, headers, connect)
         hs.append(took)
         close(sock)
-    sock, _ = handshake(host, port, path, headers)
+    sock, _ = handshake(host, port, path, headers, connect)
     echo_rtts(sock, warmup)
     rtts = echo_rtts(sock, messages)
     close(sock)
@@ -117,20 +122,22 @@ def measure(url: str, headers: list[str], messages: int, handshakes: int, warmup
     }
 
 
-async def _measure_lib(url: str, headers: list[str], messages: int, handshakes: int, warmup: int = 200) -> dict:
+async def _measure_lib(url: str, headers: list[str], messages: int, handshakes: int, warmup: int = 200,
+                      connect: tuple[str, int] | None = None) -> dict:
     import websockets
 
     hdrs = [tuple(h.split(": ", 1)) for h in headers]
+    where = {"host": connect[0], "port": connect[1]} if connect else {}
     pc = time.perf_counter
     hs = []
     for _ in range(handshakes):
         t0 = pc()
-        ws = await websockets.connect(url, additional_headers=hdrs, compression=None)
+        ws = await websockets.connect(url, additional_headers=hdrs, compression=None, **where)
         hs.append(pc() - t0)
         await ws.close()
     msg = PAYLOAD.decode()
     rtts = []
-    async with websockets.connect(url, additional_headers=hdrs, compression=None) as ws:
+    async with websockets.connect(url, additional_headers=hdrs, compression=None, **where) as ws:
         for i in range(warmup + messages):
             t0 = pc()
             await ws.send(msg)
@@ -147,14 +154,15 @@ async def _measure_lib(url: str, headers: list[str], messages: int, handshakes: 
     }
 
 
-def measure_lib(url: str, headers: list[str], messages: int, handshakes: int) -> dict:
+def measure_lib(url: str, headers: list[str], messages: int, handshakes: int,
+                connect: tuple[str, int] | None = None) -> dict:
     try:
         import uvloop
     except ImportError:  # pragma: no cover
         import asyncio
 
-        return asyncio.run(_measure_lib(url, headers, messages, handshakes))
-    return uvloop.run(_measure_lib(url, headers, messages, handshakes))
+        return asyncio.run(_measure_lib(url, headers, messages, handshakes, connect=connect))
+    return uvloop.run(_measure_lib(url, headers, messages, handshakes, connect=connect))
 
 
 if __name__ == "__main__":
@@ -164,7 +172,12 @@ if __name__ == "__main__":
     ap.add_argument("--header", action="append", default=[])
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--handshakes", type=int, default=50)
+    ap.add_argument("--connect", default=None, help="HOST:PORT to connect to instead of the URL's host")
     a = ap.parse_args()
+    where = None
+    if a.connect:
+        chost, _, cport = a.connect.rpartition(":")
+        where = (chost, int(cport))
     fn = measure if a.client == "raw" else measure_lib
-    json.dump(fn(a.url, a.header, a.messages, a.handshakes), sys.stdout)
+    json.dump(fn(a.url, a.header, a.messages, a.handshakes, connect=where), sys.stdout)
     print()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,6 +22,19 @@ from labhub import server
 from labhub.settings import Settings
 
 TERMINAL = {"stopped", "succeeded", "failed", "expired"}
+_CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token a hub page carries (bound to the browser's session, or before login to its nonce)."""
+    match = _CSRF_META.search(page)
+    assert match, "the page has no csrf-token meta tag"
+    return html.unescape(match.group(1))
+
+
+async def page_csrf(http: httpx.AsyncClient, path: str = "/login") -> str:
+    """Load a hub page with ``http``'s cookies and return its CSRF token."""
+    return csrf_of((await http.get(path, headers={"Accept": "text/html"})).text)
 POSTGRES_ADMIN_URL = os.environ.get("LABHUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -117,6 +133,18 @@ class Harness:
         events = (await caller.http.get(f"/api/v1/instances/{instance_id}/events")).json()
         raise AssertionError(f"instance is {body.get('status')}, not {statuses}; events: {json.dumps(events, indent=1)}")
 
+    def instance_client(self, caller: Caller | None, inst: dict, **kwargs: object) -> httpx.AsyncClient:
+        """A client for an instance's own origin (its API ``url``), with ``caller``'s token if given.
+
+        Python cannot resolve ``*.localhost`` (browsers and curl can), so it
+        connects to the hub's address and names the instance's origin in ``Host``.
+        """
+        headers = {"Host": urlsplit(inst["url"]).netloc}
+        if caller is not None:
+            headers["Authorization"] = f"Bearer {caller.token}"
+        headers.update(kwargs.pop("headers", {}))  # type: ignore[arg-type]
+        return self.client(headers=headers, **kwargs)
+
     async def close(self) -> None:
         for http in self._clients:
             await http.aclose()
@@ -127,8 +155,17 @@ class Harness:
 async def start_hub(tmp_path: Path) -> AsyncIterator:
     """Factory: ``await start_hub(database_url, backends=..., **settings)`` -> Harness."""
     harnesses: list[Harness] = []
+    roots: list[Path] = []
 
     async def start(database_url: str, *, backends: dict | None = None, clock=None, **overrides: object) -> Harness:
+        if "data_dir" not in overrides:
+            # Instances run as other accounts, which must traverse to their homes (pytest's tmp_path is 0700).
+            import tempfile
+
+            root = Path(tempfile.mkdtemp(prefix="labhub-hub-"))
+            root.chmod(0o711)
+            roots.append(root)
+            overrides["data_dir"] = root / "data"
         settings = make_settings(tmp_path, database_url, **overrides)
         harness = Harness(await server.start(settings, backends=backends, clock=clock))
         harnesses.append(harness)
@@ -136,7 +173,12 @@ async def start_hub(tmp_path: Path) -> AsyncIterator:
 
     yield start
     for harness in harnesses:
-        await harness.close()
+        async with asyncio.timeout(30):  # a hang here is a bug (see Reconciler.stop)
+            await harness.close()
+    import shutil
+
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class EchoUpstream:

@@ -51,3 +51,32 @@ def test_backends_accept_a_comma_list_or_json(monkeypatch, tmp_path):
     assert load_settings().backends == ["local", "slurm"]
     monkeypatch.setenv("LABHUB_BACKENDS", '["slurm"]')
     assert load_settings().backends == ["slurm"]
+
+
+def test_the_hub_is_never_above_its_instances_origins(tmp_path):
+    """Instance pages could set cookies for a parent domain: the hub must not live there."""
+    from labhub.hub import CookieNames
+    from labhub.settings import Settings
+
+    base = {"data_dir": tmp_path}
+    assert Settings(**base).apps_domain == "localhost" and Settings(**base).hub_host == "127.0.0.1"
+    for public, apps in (("http://localhost:8000", "localhost"), ("https://example.org", "apps.example.org"),
+                         ("https://apps.example.org", "apps.example.org"), ("https://x.apps.example.org",
+                                                                             "apps.example.org")):
+        with pytest.raises(ValidationError, match="apps_domain"):
+            Settings(**base, public_url=public, apps_domain=apps)
+    ok = Settings(**base, public_url="https://hub.example.org", apps_domain="apps.example.org")
+    assert ok.secure_cookies and CookieNames.for_settings(ok).all == (
+        "__Host-labhub_session", "__Host-labhub_csrf", "__Host-labhub_origin")
+    assert Settings(**base, public_url="http://localhost:8000", origins="path").origins == "path"
+    assert CookieNames.for_settings(Settings(**base)).session == "labhub_session"  # plain HTTP: no prefix
+
+
+def test_trusted_proxies_are_addresses_or_networks(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABHUB_TRUSTED_PROXIES", "10.0.0.0/8, ::1")
+    assert load_settings(data_dir=tmp_path).trusted_proxies == ["10.0.0.0/8", "::1"]
+    monkeypatch.setenv("LABHUB_TRUSTED_PROXIES", "nginx")
+    with pytest.raises(ValidationError, match="not an IP address"):
+        load_settings(data_dir=tmp_path)
+    monkeypatch.delenv("LABHUB_TRUSTED_PROXIES")
+    assert load_settings(data_dir=tmp_path).trusted_proxies == []  # nobody by default: instances share loopback

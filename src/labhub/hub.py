@@ -13,14 +13,16 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from labhub import db
-from labhub.auth.mail import Mail, Mailer
+from labhub import db, storage
 from labhub.auth.flow import OidcRegistry
+from labhub.auth.mail import Mail, Mailer
 from labhub.auth.providers import resolve_all
 from labhub.auth.throttle import LoginThrottle
 from labhub.backends import registry
@@ -28,12 +30,32 @@ from labhub.backends.base import Backend
 from labhub.catalog import Catalog, load_catalog
 from labhub.models import Instance, Status, User, UserStatus, utcnow
 from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
-from labhub.services import credentials, security, users
+from labhub.services import credentials, origins, security, users
 from labhub.services.bus import EventBus
 from labhub.services.lifecycle import event_dict
 from labhub.settings import Settings, load_secret_key
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CookieNames:
+    """The hub's cookie names: ``__Host-`` prefixed over HTTPS, so no other origin can set them."""
+
+    session: str
+    csrf: str
+    origin: str  # an instance origin's own cookie
+    secure: bool
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> CookieNames:
+        prefix = "__Host-" if settings.secure_cookies else ""
+        return cls(f"{prefix}labhub_session", f"{prefix}labhub_csrf", f"{prefix}labhub_origin",
+                   settings.secure_cookies)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.session, self.csrf, self.origin)
 
 
 class Hub:
@@ -43,8 +65,12 @@ class Hub:
                  backends: dict[str, Backend] | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        (settings.data_dir / "homes").mkdir(mode=0o711, exist_ok=True)
+        self.cookies = CookieNames.for_settings(settings)
+        self.public_url = settings.base_url  # the port is filled in once the proxy has bound
+        url = settings.effective_database_url
+        path = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else ""
+        sqlite = Path(path) if path and path != ":memory:" else None
+        storage.prepare(settings.data_dir, sqlite=sqlite)
         self.secret_key = load_secret_key(settings.data_dir)
         self.engine = db.make_engine(settings.effective_database_url)
         self.sessions = db.make_sessionmaker(self.engine)
@@ -67,6 +93,8 @@ class Hub:
         self.reconciler = Reconciler(self)
 
     async def start(self, *, reconcile: bool = True) -> None:
+        group = next((b.data_dir_group for b in self.backends.values() if b.data_dir_group is not None), None)
+        storage.secure(self.settings.data_dir, group=group)
         await db.upgrade(self.engine)
         self.catalog = load_catalog(self.settings.templates_dir)
         for error in self.catalog.errors:
@@ -121,15 +149,43 @@ class Hub:
     def home_for(self, username: str) -> Path:
         return self.settings.data_dir / "homes" / username
 
+    # -- where instances are served ----------------------------------------------
+    @property
+    def subdomains(self) -> bool:
+        return self.settings.origins == "subdomain"
+
+    def base_path(self, owner: str, name: str) -> str:
+        """The path an instance is served under on its origin: ``/`` on an origin of its own."""
+        return "/" if self.subdomains else f"/user/{owner}/{name}/"
+
+    def instance_url(self, instance: Instance) -> str:
+        """Where browsers and API clients reach ``instance`` (absolute)."""
+        owner = instance.owner.name
+        if not self.subdomains:
+            return f"{self.public_url}/user/{owner}/{instance.name}/"
+        parts = urlsplit(self.public_url)
+        port = f":{parts.port}" if parts.port else ""
+        label = origins.label_for(owner=owner, name=instance.name, instance_id=instance.id)
+        return f"{parts.scheme}://{label}.{self.settings.apps_domain}{port}/"
+
     # -- routes ----------------------------------------------------------------
     def route_for(self, instance: Instance) -> Route | None:
+        """The proxy's route to a running instance (``upstream`` is ``http://host:port`` or ``unix:/path``)."""
         if not instance.upstream:
             return None
-        host, _, port = instance.upstream.removeprefix("http://").rpartition(":")
+        socket = None
+        host, port = "", 0
+        if instance.upstream.startswith("unix:"):
+            socket = instance.upstream.removeprefix("unix:")
+        else:
+            host, _, port_text = instance.upstream.removeprefix("http://").rpartition(":")
+            port = int(port_text)
+        owner = instance.owner.name
         return Route(
-            instance_id=instance.id, owner_id=instance.owner_id, owner=instance.owner.name,
-            name=instance.name, host=host, port=int(port), token=self.instance_token(instance.id),
+            instance_id=instance.id, owner_id=instance.owner_id, owner=owner,
+            name=instance.name, host=host, port=port, token=self.instance_token(instance.id),
             last_activity=instance.last_activity_at.timestamp() if instance.last_activity_at else 0.0,
+            label=origins.label_for(owner=owner, name=instance.name, instance_id=instance.id), socket=socket,
         )
 
     # -- authentication (the proxy's slow path, and the API's) ----------------
@@ -137,7 +193,13 @@ class Hub:
         async with self.tx() as session:
             if kind == "session":
                 user = await credentials.session_user(session, secret=secret)
-                return None if user is None else Principal(user.id, user.name, user.is_admin)
+                return None if user is None else Principal(user.id, user.name, user.is_admin, browser=True)
+            if kind == "origin":
+                access = await origins.principal(session, secret=secret, now=self.clock())
+                if access is None:
+                    return None
+                user = access.user
+                return Principal(user.id, user.name, user.is_admin, instance_id=access.instance_id)
             token = await credentials.token_lookup(session, secret=secret)
             if token is None:
                 return None

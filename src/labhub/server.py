@@ -9,8 +9,8 @@ one event loop, sharing the route table and the authentication cache.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -50,7 +50,10 @@ class RunningHub:
 
     @property
     def url(self) -> str:
-        return f"http://{self.hub.settings.host}:{self.proxy.port}"
+        """Where the hub listens (users may reach it at ``hub.public_url``, behind a proxy)."""
+        host = self.hub.settings.host
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.proxy.port}"
 
     async def close(self) -> None:
         await self.proxy.close()
@@ -83,19 +86,36 @@ async def start(settings: Settings, *, reconcile: bool = True, backends: dict[st
             raise RuntimeError("the hub app failed to start")
         await asyncio.sleep(0.005)
     os.chmod(sock, 0o600)
-    proxy = ProxyServer(routes=hub.routes, auth=hub.auth, hub_upstream=str(sock))
+    cookies = hub.cookies
+    proxy = ProxyServer(
+        routes=hub.routes, auth=hub.auth, hub_upstream=str(sock), session_cookie=cookies.session,
+        strip_cookies=cookies.all, origin_cookie=cookies.origin,
+        apps_domain=settings.apps_domain if hub.subdomains else None,
+        hub_url=settings.public_url or "", trusted_proxies=settings.trusted_proxies,
+    )
     await proxy.start(settings.host, settings.port)
+    hub.public_url = proxy.hub_url.decode()
     return RunningHub(hub, proxy, server, task)
 
 
 def login_instructions(running: RunningHub) -> str:
-    base = running.hub.settings.public_url or running.url
-    if running.hub.setup_token:
-        return (f"LabHub is running at {base}\n"
-                f"No admin exists yet. Create the first admin (this link works once):\n"
-                f"  {base}/setup?token={running.hub.setup_token}\n"
-                f"or on this machine: labhub user add NAME --admin --password-stdin")
-    return f"LabHub is running at {base}\nLog in at {base}/login"
+    hub = running.hub
+    base = hub.public_url
+    lines = [f"LabHub is running at {base}"]
+    if hub.subdomains:
+        lines.append(f"Instances are served on origins of their own: http(s)://<instance>--<user>.{hub.settings.apps_domain}")
+    else:
+        lines.append("Instances are served under /user/<user>/<instance>/ on the hub's origin (path mode: user code "
+                     "shares the hub's origin; admins cannot open other users' instances in the browser)")
+    for name, backend in hub.backends.items():
+        lines.append(f"Backend {name}: {backend.describe_isolation()}")
+    if hub.setup_token:
+        lines += ["No admin exists yet. Create the first admin (this link works once):",
+                  f"  {base}/setup?token={hub.setup_token}",
+                  "or on this machine: labhub user add NAME --admin --password-stdin"]
+    else:
+        lines.append(f"Log in at {base}/login")
+    return "\n".join(lines)
 
 
 async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:

@@ -137,8 +137,9 @@ class ThrottleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    account_free: int = Field(default=5, ge=1)  # failures per account name before back-off
+    account_free: int = Field(default=5, ge=1)  # failures per account name and client address before back-off
     address_free: int = Field(default=20, ge=1)  # failures per client address before back-off
+    account_attack: int = Field(default=10, ge=1)  # failures per account name (all addresses): then 1 free each
     base_delay: float = Field(default=1.0, gt=0)  # seconds, doubled per further failure
     max_delay: float = Field(default=900.0, gt=0)
     forget_after: float = Field(default=3600.0, gt=0)  # a key's failures are forgotten after this quiet time
@@ -158,6 +159,7 @@ class Settings(BaseSettings):
     sizes: dict[str, Size] = Field(default_factory=lambda: dict(DEFAULT_SIZES))
     backends: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["local"])
     isolation: Literal["auto", "none"] = "auto"
+    account_prefix: str = Field(default="labhub-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$")  # per-user system accounts
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
     reconcile_interval: float = Field(default=5.0, gt=0)
@@ -165,9 +167,17 @@ class Settings(BaseSettings):
     stop_grace: float = Field(default=5.0, ge=0)
     activity_flush_interval: float = Field(default=30.0, gt=0)
 
+    # where instances are served (docs/operations.md, "Origins"): "subdomain" gives every instance an
+    # origin of its own, <instance>--<user>.<apps_domain>; "path" serves them under the hub's origin at
+    # /user/<user>/<instance>/ (for sites without a wildcard domain; user code then shares the hub's origin)
+    origins: Literal["subdomain", "path"] = "subdomain"
+    apps_domain: str = Field(default="localhost", max_length=190, pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+
     session_hours: float = Field(default=24 * 7, gt=0)
     cookie_secure: Literal["auto", "always", "never"] = "auto"
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # reverse proxies (addresses or CIDRs) whose X-Forwarded-For/-Proto LabHub believes; none by default:
+    # instances run on this machine too, so loopback is not trustworthy by itself
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)  # API/form bodies
 
     # identity and access (docs/identity.md)
@@ -188,7 +198,7 @@ class Settings(BaseSettings):
             raise ValueError("bind must look like HOST:PORT, e.g. 127.0.0.1:8000")
         return value
 
-    @field_validator("backends", "approval_emails", mode="before")
+    @field_validator("backends", "approval_emails", "trusted_proxies", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -199,6 +209,18 @@ class Settings(BaseSettings):
         for address in value:
             if not _EMAIL_RE.match(address):
                 raise ValueError(f"{address!r} is not an e-mail address")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (CIDR)") from None
         return value
 
     @field_validator("oidc")
@@ -232,6 +254,35 @@ class Settings(BaseSettings):
         if self.templates_dir is not None:
             self.templates_dir = self.templates_dir.expanduser().resolve()
         return self
+
+    @model_validator(mode="after")
+    def _hub_not_above_apps(self) -> Settings:
+        if self.origins != "subdomain":
+            return self
+        hub = self.hub_host
+        apps = self.apps_domain
+        if hub == apps or apps.endswith("." + hub):
+            raise ValueError(
+                f"apps_domain: the hub's host {hub!r} must not be the instances' domain {apps!r} or a parent of it "
+                f"(instance pages could set cookies the hub reads); serve the hub on another host, e.g. "
+                f"{'127.0.0.1' if apps == 'localhost' else 'hub.' + apps.partition('.')[2]}")
+        if hub.endswith("." + apps):
+            raise ValueError(f"apps_domain: the hub's host {hub!r} must not be inside the instances' domain {apps!r}")
+        return self
+
+    @property
+    def hub_host(self) -> str:
+        """The host name users reach the hub at (from public_url, else the bind address)."""
+        from urllib.parse import urlsplit
+
+        return (urlsplit(self.base_url).hostname or "").lower()
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether cookies are Secure (and ``__Host-`` prefixed): served over HTTPS."""
+        if self.cookie_secure != "auto":
+            return self.cookie_secure == "always"
+        return (self.public_url or "").startswith("https://")
 
     @property
     def host(self) -> str:

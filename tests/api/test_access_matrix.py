@@ -18,11 +18,13 @@ from __future__ import annotations
 import itertools
 import secrets
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from labhub.auth.csrf import for_nonce, for_session
 from labhub.backends.fake import FakeBackend
 from labhub.models import Status, UserStatus
 from tests.auth.conftest import free_port, oidc_provider  # noqa: F401 - a fixture used below
@@ -140,8 +142,9 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/user/{owner}/{name}"): rule("anonymous", "user", "other", "admin", ok=(301,)),  # adds the slash
     **{(m, "/user/{owner}/{name}/{path:path}"): rule("user", "admin", ok=(503,))
        for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")},
-    # proxied instance URLs (running instance; the proxy decides, and knows nothing of pending accounts)
-    **{(m, PROXY): rule("user", "admin", ok=(200,), pending_gated=False) for m in ("GET", "POST")},
+    # a running instance on its own origin, with the cookie the hub's grant flow gave the role's browser
+    # (the proxy decides; without a grant nobody is logged in there)
+    **{(m, PROXY): rule("user", "admin", ok=(200,), other=(401,), pending_gated=False) for m in ("GET", "POST")},
 }
 
 # Request bodies for routes that need one to get past validation (``{n}`` becomes a unique number).
@@ -211,6 +214,7 @@ def expected(rule_: Rule, role: str, method: str, path: str) -> frozenset[int] |
 class World:
     hub: object
     alice_instance: str
+    alice_url: str
     ended_name: str
     http: httpx.AsyncClient
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -232,7 +236,8 @@ async def world(start_hub, sqlite_url, echo_upstream, oidc_provider):  # noqa: F
     await harness.wait_status(alice, ended["id"], {"running"})
     await alice.http.delete(f"/api/v1/instances/{ended['id']}")
     await harness.wait_status(alice, ended["id"], {"stopped"})
-    return World(hub=harness, alice_instance=running["id"], ended_name="old", http=harness.client())
+    return World(hub=harness, alice_instance=running["id"], alice_url=running["url"], ended_name="old",
+                 http=harness.client())
 
 
 async def add_user(harness, name: str, status: UserStatus = UserStatus.ACTIVE):  # noqa: ANN001, ANN201
@@ -292,16 +297,41 @@ def _admin():  # noqa: ANN202
     return User(id=-1, name="matrix", role=Role.ADMIN)
 
 
+async def origin_cookie(world: World, session: str) -> str | None:
+    """What a browser with this hub session gets for alice's running instance's origin: the hub's
+    redirect with a single-use code, redeemed on the origin for its cookie (None: no grant)."""
+    http = world.http
+    http.cookies.clear()
+    hop = await http.get("/user/alice/ws/api/status", headers={"Accept": "text/html",
+                                                                "Cookie": f"labhub_session={session}"})
+    target = urlsplit(hop.headers.get("location", ""))
+    if hop.status_code != 303 or not target.netloc.endswith(".localhost:" + str(world.hub.running.proxy.port)):
+        return None
+    redeemed = await http.get(f"{target.path}?{target.query}", headers={"Host": target.netloc, "Accept": "text/html"})
+    assert redeemed.status_code == 303 and redeemed.headers["location"] == "/api/status"
+    value = redeemed.cookies.get("labhub_origin")
+    assert value and "domain=" not in redeemed.headers["set-cookie"].lower()  # host-only: this origin alone
+    return value
+
+
 async def call(world: World, role: str, owner: str, method: str, path: str, params: dict[str, str],
                n: int) -> httpx.Response:
     harness = world.hub
     who = {"pending": "carol", "user": owner, "other": "bob", "admin": "root"}.get(role)
-    csrf = secrets.token_urlsafe(16)
-    cookies = f"labhub_csrf={csrf}"
+    nonce = secrets.token_urlsafe(16)
+    cookies = f"labhub_csrf={nonce}"
+    csrf = for_nonce(harness.hub.secret_key, nonce)
+    session = None
     if who is not None:
-        cookies += f"; labhub_session={await session_for(harness, who)}"
+        session = await session_for(harness, who)
+        cookies += f"; labhub_session={session}"
+        csrf = for_session(harness.hub.secret_key, session)
+    host = None
     if path == PROXY:
-        url = "/user/alice/ws/api/status"
+        url = "/api/status"
+        host = urlsplit(world.alice_url).netloc
+        grant = await origin_cookie(world, session) if session else None
+        cookies = f"labhub_origin={grant}" if grant else ""
     elif path == "/static":
         url = "/static/labhub.css"
     else:
@@ -309,7 +339,7 @@ async def call(world: World, role: str, owner: str, method: str, path: str, para
     headers = {"Accept": "text/html" if is_page(path) else "application/json", "X-CSRF-Token": csrf,
                "Cookie": cookies}
     if path == PROXY:
-        headers["Accept"] = "application/json"
+        headers.update(Accept="application/json", Host=host, Origin=f"http://{host}")  # its own page's request
     kwargs: dict = {}
     key = (method, path)
     if key in JSON_BODIES:

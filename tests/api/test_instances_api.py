@@ -27,17 +27,18 @@ async def test_launch_runs_and_proxies_then_stops(hub, echo_upstream):
     resp = await launch(alice)
     assert resp.status_code == 201, resp.text
     inst = resp.json()
-    assert inst["url"] == "/user/alice/ws1/"
+    assert inst["url"] == f"http://ws1--alice.localhost:{hub.running.proxy.port}/"  # an origin of its own
     assert inst["owner"] == "alice" and inst["kind"] == "workspace" and inst["status"] == "requested"
     assert {"id", "created_at", "expires_at"} <= inst.keys()
 
     running = await hub.wait_status(alice, inst["id"], {"running"})
     assert running["started_at"] is not None
 
-    through = await alice.http.get("/user/alice/ws1/api/status?x=1", headers={"Cookie": "other=1"})
+    lab = hub.instance_client(alice, inst)
+    through = await lab.get("/api/status?x=1", headers={"Cookie": "other=1"})
     assert through.status_code == 200
     seen = through.json()
-    assert seen["path"] == "/user/alice/ws1/api/status?x=1"
+    assert seen["path"] == "/api/status?x=1"
     assert seen["headers"]["authorization"] == f"token {hub.hub.instance_token(inst['id'])}"
     assert alice.token not in str(seen["headers"])
     assert seen["headers"]["cookie"] == "other=1"
@@ -52,8 +53,8 @@ async def test_launch_runs_and_proxies_then_stops(hub, echo_upstream):
     stopped = await hub.wait_status(alice, inst["id"], {"stopped"})
     assert stopped["reason"] == "user"
     assert inst["id"] not in hub.fake.jobs
-    after = await alice.http.get("/user/alice/ws1/api/status", headers={"Accept": "application/json"})
-    assert after.status_code == 503
+    after = await lab.get("/api/status", headers={"Accept": "application/json"})
+    assert after.status_code == 503 and "stopped" in after.json()["detail"]
 
     again = await launch(alice)  # the name is free again once the old instance ended
     assert again.status_code == 201
@@ -86,16 +87,20 @@ async def test_other_users_get_403_and_anonymous_401_or_login(hub):
     assert (await bob.http.get("/api/v1/instances", params={"all": "true"})).status_code == 403
     assert (await bob.http.get("/api/v1/instances")).json() == []
     assert (await bob.http.get("/api/v1/instances/0123456789abcdef")).status_code == 404
-    assert (await bob.http.get("/user/alice/ws1/api")).status_code == 403
+    assert (await hub.instance_client(bob, inst).get("/api")).status_code == 403
+    assert (await bob.http.get("/user/alice/ws1/api")).status_code == 403  # on the hub: no code for bob
 
     anon = hub.client()
     assert (await anon.get("/api/v1/instances")).status_code == 401
-    assert (await anon.get("/user/alice/ws1/api")).status_code == 401
-    page = await anon.get("/user/alice/ws1/lab", headers={"Accept": "text/html"})
-    assert page.status_code == 302 and page.headers["location"].startswith("/login?next=")
+    assert (await hub.instance_client(None, inst).get("/api")).status_code == 401
+    page = await hub.instance_client(None, inst).get("/lab", headers={"Accept": "text/html"})
+    # to the hub, which logs the browser in (if needed) and hands it a code for this origin
+    assert page.status_code == 302 and page.headers["location"] == f"{hub.url}/user/alice/ws1/lab"
+    hub_page = await anon.get("/user/alice/ws1/lab", headers={"Accept": "text/html"})
+    assert hub_page.status_code == 303 and hub_page.headers["location"].startswith("/login?next=")
     assert (await anon.get("/", headers={"Accept": "text/html"})).status_code == 303
 
-    assert (await admin.http.get("/user/alice/ws1/api")).status_code == 200
+    assert (await hub.instance_client(admin, inst).get("/api")).status_code == 200
     listed = (await admin.http.get("/api/v1/instances", params={"owner": "alice"})).json()
     assert [i["id"] for i in listed] == [inst["id"]]
     assert (await admin.http.delete(f"/api/v1/instances/{inst['id']}")).status_code == 202
@@ -164,4 +169,18 @@ async def test_tokens_are_shown_once_and_revocable(hub):
     assert (await other.get("/api/v1/me")).json()["name"] == "alice"
     assert (await alice.http.delete(f"/api/v1/tokens/{created.json()['id']}")).status_code == 204
     assert (await other.get("/api/v1/me")).status_code == 401
-    assert (await other.get("/user/alice/ws1/api")).status_code == 401
+    assert (await hub.instance_client(None, {"url": f"http://ws1--alice.localhost:{hub.running.proxy.port}/"},
+                                      headers={"Authorization": f"Bearer {secret}"}).get("/api")).status_code == 401
+
+
+async def test_a_stop_asked_for_at_once_is_not_lost(hub):
+    """DELETE right after the launch: the start already under way must not carry the instance on."""
+    alice = await hub.user("alice")
+    for n in range(5):
+        inst = (await launch(alice, f"quick{n}")).json()
+        assert (await alice.http.delete(f"/api/v1/instances/{inst['id']}")).status_code == 202
+        await hub.wait_status(alice, inst["id"], {"stopped"})
+        statuses = [e["status"] for e in (await alice.http.get(f"/api/v1/instances/{inst['id']}/events")).json()]
+        after_stop = statuses[statuses.index("stopping"):]
+        assert after_stop == ["stopping", "stopped"], statuses
+        assert inst["id"] not in hub.fake.jobs  # nothing left running on the backend

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from labhub.backends.fake import FakeBackend
+from tests.conftest import page_csrf
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,6 +52,7 @@ async def test_login_needs_csrf_and_rotates_the_session(hub):
     assert unknown.text.count("Wrong user name or password") == 1  # same answer: no user enumeration
 
     browser.cookies.set("labhub_session", "planted-by-an-attacker")
+    page = await browser.get("/login")  # the form the victim then sees carries a token for that cookie
     ok = await browser.post("/login", data={"username": "alice", "password": "s3cret-password",
                                             "csrf_token": csrf_of(page.text), "next": "//evil.example/x"})
     assert ok.status_code == 303 and ok.headers["location"] == "/"  # no open redirect
@@ -58,14 +60,22 @@ async def test_login_needs_csrf_and_rotates_the_session(hub):
     assert cookie != "planted-by-an-attacker"
     assert "httponly" in ok.headers["set-cookie"].lower() and "samesite=lax" in ok.headers["set-cookie"].lower()
     assert (await hub.client(cookies={"labhub_session": "planted-by-an-attacker"}).get("/api/v1/me")).status_code == 401
-    csrf = browser.cookies.get("labhub_csrf", domain="127.0.0.1") or browser.cookies.get("labhub_csrf")
     browser.cookies.clear()
     browser.cookies.set("labhub_session", cookie)
-    browser.cookies.set("labhub_csrf", csrf)
     assert (await browser.get("/api/v1/me")).json()["name"] == "alice"
+    csrf = await page_csrf(browser, "/")
 
-    # cookie-authenticated API writes need the CSRF header
+    # cookie-authenticated API writes need the session's CSRF token, sent from the hub's own origin
     assert (await browser.post("/api/v1/tokens", json={})).status_code == 403
+    browser.cookies.set("labhub_csrf", "planted")  # a double-submit cookie would be forgeable: not this
+    assert (await browser.post("/api/v1/tokens", json={}, headers={"X-CSRF-Token": "planted"})).status_code == 403
+    other = hub.client()
+    await other.post("/login", data={"username": "alice", "password": "s3cret-password",
+                                     "csrf_token": await page_csrf(other)})
+    theirs = await page_csrf(other, "/")  # a valid token, of another session
+    assert (await browser.post("/api/v1/tokens", json={}, headers={"X-CSRF-Token": theirs})).status_code == 403
+    cross = {"X-CSRF-Token": csrf, "Origin": "http://127.0.0.1:1"}  # another port of the same host
+    assert (await browser.post("/api/v1/tokens", json={}, headers=cross)).status_code == 403
     assert (await browser.post("/api/v1/tokens", json={}, headers={"X-CSRF-Token": csrf})).status_code == 201
 
     home = await browser.get("/")

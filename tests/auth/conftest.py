@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from labhub.backends.fake import FakeBackend
+from tests.conftest import page_csrf
 
 
 def free_port() -> int:
@@ -106,21 +107,19 @@ class Browser:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
 
-    @property
-    def csrf(self) -> str:
-        return self.http.cookies.get("labhub_csrf") or ""
+    async def csrf(self) -> str:
+        """The token the hub's pages carry for this browser's session (a page is loaded for it)."""
+        return await page_csrf(self.http)
 
     async def get(self, url: str, **kwargs: object) -> httpx.Response:
         return await self.http.get(url, headers={"Accept": "text/html"}, **kwargs)  # type: ignore[arg-type]
 
     async def post_form(self, url: str, data: dict | None = None, *, csrf: bool = True) -> httpx.Response:
-        if csrf and not self.csrf:
-            await self.get("/login")  # any page sets the CSRF cookie
-        form = {**(data or {}), **({"csrf_token": self.csrf} if csrf else {})}
+        form = {**(data or {}), **({"csrf_token": await self.csrf()} if csrf else {})}
         return await self.http.post(url, data=form, headers={"Accept": "text/html"})
 
     async def api(self, method: str, url: str, **kwargs: object) -> httpx.Response:
-        headers = {"Accept": "application/json", "X-CSRF-Token": self.csrf}
+        headers = {"Accept": "application/json", "X-CSRF-Token": await self.csrf()}
         return await self.http.request(method, url, headers=headers, **kwargs)  # type: ignore[arg-type]
 
     async def login(self, name: str, password: str, next_url: str = "/") -> httpx.Response:

@@ -145,7 +145,8 @@ async def test_disable_stops_instances_with_the_reason_and_role_changes_apply_at
     alice = await hub.user("alice")
     inst = (await alice.http.post("/api/v1/instances", json=WS)).json()
     await hub.wait_status(alice, inst["id"], {"running"})
-    assert (await alice.http.get("/user/alice/ws/api")).status_code == 200  # cached in the proxy now
+    lab = hub.instance_client(alice, inst)
+    assert (await lab.get("/api")).status_code == 200  # cached in the proxy now
 
     assert (await alice.http.get("/api/v1/users")).status_code == 403
     made = await admin.http.patch("/api/v1/users/alice", json={"admin": True})
@@ -158,7 +159,7 @@ async def test_disable_stops_instances_with_the_reason_and_role_changes_apply_at
     off = await admin.http.patch("/api/v1/users/alice", json={"status": "disabled", "reason": "left the lab"})
     assert off.status_code == 200 and off.json()["status_reason"] == "disabled by root: left the lab"
     assert (await alice.http.get("/api/v1/me")).status_code == 401
-    assert (await alice.http.get("/user/alice/ws/api")).status_code == 401  # the proxy too, at once
+    assert (await lab.get("/api")).status_code == 401  # the proxy too, at once
     stopped = await hub.wait_status(admin, inst["id"], {"stopped"})
     assert stopped["reason"] == "user_disabled"
     events = (await admin.http.get(f"/api/v1/instances/{inst['id']}/events")).json()

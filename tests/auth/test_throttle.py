@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from labhub.auth.throttle import LoginThrottle, Throttle, address_key
 from labhub.settings import ThrottleSettings
+
+from .conftest import Browser
 
 RIGHT = "right password"  # noqa: S105
 
@@ -41,18 +44,93 @@ def test_back_off_doubles_after_the_free_failures_and_is_forgotten():
     assert throttle.wait("k", free=1) == 0
 
 
-def test_accounts_and_addresses_are_throttled_separately():
+def test_account_address_pairs_and_addresses_are_throttled_separately():
     clock = Clock()
     t = LoginThrottle(ThrottleSettings(account_free=2, address_free=4, base_delay=10), clock=clock)
     t.login_failed("alice", "10.0.0.1")
-    t.login_failed("alice", "10.0.0.2")
-    assert t.login_wait("alice", "10.0.0.9") == 10  # the account, from anywhere
+    t.login_failed("alice", "10.0.0.1")
+    assert t.login_wait("alice", "10.0.0.1") == 10  # this address, on this account
+    assert t.login_wait("alice", "10.0.0.9") == 0  # the account from elsewhere: not locked
     assert t.login_wait("bob", "10.0.0.1") == 0
-    for name in ("c", "d", "e"):
+    for name in ("c", "d"):
         t.login_failed(name, "10.0.0.1")
     assert t.login_wait("fresh-name", "10.0.0.1") == 10  # the address, whatever name it tries
-    t.login_succeeded("alice")
-    assert t.login_wait("alice", "10.0.0.5") == 0
+    t.login_succeeded("alice", "10.0.0.1")
+    assert t.login_wait("alice", "10.0.0.1") == 10  # the address's own count stays
+    clock.now += 10
+    assert t.login_wait("alice", "10.0.0.1") == 0
+    t.login_failed("alice", "2001:db8::1")
+    t.login_failed("alice", "2001:db8::2")  # the same /64
+    assert t.login_wait("alice", "2001:db8::3") == 10
+
+
+def test_a_botnet_gets_one_guess_per_address_while_the_account_is_under_attack():
+    clock = Clock()
+    t = LoginThrottle(ThrottleSettings(account_free=5, address_free=20, account_attack=10, base_delay=10,
+                                       forget_after=3600), clock=clock)
+    for _ in range(4):
+        t.login_failed("alice", "10.0.0.1")
+    assert t.login_wait("alice", "10.0.0.1") == 0  # below account_free: no back-off yet
+    for i in range(6):  # ten failures on alice in all: under attack
+        t.login_failed("alice", f"10.1.0.{i}")
+    assert t.under_attack("alice") and not t.under_attack("bob")
+    assert t.login_wait("alice", "10.0.0.1") == 10 * 2**3  # its four failures count from one free now
+    for i in range(50):
+        bot = f"10.2.0.{i}"
+        assert t.login_wait("alice", bot) == 0  # a clean address: one attempt ...
+        t.login_failed("alice", bot)
+        assert t.login_wait("alice", bot) == 10  # ... then its own back-off
+        assert t.login_wait("bob", bot) == 0  # other accounts from there are not affected
+    assert t.login_wait("alice", "192.0.2.1") == 0  # the owner from a clean address still may try
+    assert t.login_wait("ghost", "192.0.2.1") == 0
+    clock.now += 3601  # the attack stopped an hour ago: forgotten
+    assert not t.under_attack("alice")
+    for _ in range(4):
+        t.login_failed("alice", "10.3.0.1")
+    assert t.login_wait("alice", "10.3.0.1") == 0
+
+
+def test_unknown_names_are_throttled_exactly_like_real_ones():
+    def waits(name: str) -> list[float]:
+        clock = Clock()
+        t = LoginThrottle(ThrottleSettings(account_free=3, account_attack=6, base_delay=10), clock=clock)
+        out = []
+        for i in range(30):
+            address = f"10.0.{i % 7}.1"
+            out.append(t.login_wait(name, address))
+            if out[-1] == 0:
+                t.login_failed(name, address)
+            clock.now += 3
+        return out
+
+    assert waits("alice") == waits("no-such-user")  # the throttle never asks whether an account exists
+
+
+def test_memory_stays_bounded_under_a_flood_of_addresses():
+    clock = Clock()
+    t = LoginThrottle(ThrottleSettings(), clock=clock)
+    t.logins.max_keys = 1000
+    for i in range(5000):
+        t.login_failed("alice", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+        clock.now += 0.01
+    assert len(t.logins._entries) <= 1000
+    assert t.under_attack("alice")  # the account-wide count is the freshest entry: never the one pruned
+
+
+def test_failures_from_elsewhere_never_lock_the_owner_out():
+    """The attack: anyone can name alice and fail; alice with her password, from a clean address, gets in."""
+    clock = Clock()
+    t = LoginThrottle(ThrottleSettings(), clock=clock)
+    attacker, botnet, owner = "203.0.113.7", [f"198.51.100.{i}" for i in range(200)], "192.0.2.1"
+    for _ in range(60):  # one address, as fast as it is let through
+        if t.login_wait("alice", attacker) == 0:
+            t.login_failed("alice", attacker)
+        clock.now += 1
+    for address in botnet:
+        while t.login_wait("alice", address) == 0:
+            t.login_failed("alice", address)
+    assert t.login_wait("alice", attacker) > 0 and t.login_wait("alice", botnet[0]) > 0
+    assert t.login_wait("alice", owner) == 0  # she can try, so her right password succeeds
 
 
 def test_address_keys_group_ipv6_prefixes():
@@ -69,7 +147,7 @@ async def test_login_is_throttled_with_retry_after_and_audited(identity_hub):
     browser = hub.browser()
     for _ in range(3):
         assert (await browser.login("alice", "wrong password")).status_code == 401
-    blocked = await browser.login("alice", "right password")  # even the right password waits
+    blocked = await browser.login("alice", "right password")  # from where it failed, even the right password waits
     assert blocked.status_code == 429 and 25 <= int(blocked.headers["retry-after"]) <= 30
     assert "Too many failed log-ins" in blocked.text and "labhub_session" not in blocked.headers.get("set-cookie", "")
     ghost = hub.browser()
@@ -100,6 +178,22 @@ async def test_login_is_throttled_with_retry_after_and_audited(identity_hub):
             break
         await asyncio.sleep(0.05)
     assert any(e["action"] == "login.ok" for e in events)
+
+
+@pytest.mark.asyncio
+async def test_an_attacker_cannot_lock_out_the_owner_over_http(identity_hub):
+    hub = await identity_hub(login_throttle={"account_free": 3, "address_free": 50, "base_delay": 30})
+    await hub.user("alice", password=RIGHT)
+    attacker = hub.browser()  # 127.0.0.1
+    answers = {name: [(await attacker.login(name, "a guess")).status_code for _ in range(5)]
+               for name in ("alice", "ghost")}
+    assert answers["alice"] == answers["ghost"] == [401, 401, 401, 429, 429]  # unknown names: the same
+    assert (await attacker.login("alice", RIGHT)).status_code == 429  # the attacking address stays throttled
+    owner = Browser(hub.client(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")))
+    ok = await owner.login("alice", RIGHT)
+    assert ok.status_code == 303 and "labhub_session" in ok.headers["set-cookie"]
+    stranger = Browser(hub.client(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")))
+    assert (await stranger.login("ghost", "a guess")).status_code == 401  # a clean address may try any name
 
 
 @pytest.mark.asyncio

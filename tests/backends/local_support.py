@@ -78,6 +78,15 @@ async def wait_phase(backend: LocalBackend, handle: Handle, phase: Phase, within
     return await wait_until(check, within, f"phase {phase}")
 
 
+async def wait_url(backend: LocalBackend, handle: Handle, within: float = 8.0):
+    """The observation once the instance listens (and the backend has proven the listener its own)."""
+    async def check():
+        obs = await backend.observe(handle["instance_id"], handle)
+        return obs if obs.url else None
+
+    return await wait_until(check, within, "a URL")
+
+
 async def log_lines(backend: LocalBackend, handle: Handle, tail: int = 100) -> list[str]:
     return [line async for line in backend.logs(handle, tail=tail)]
 

@@ -104,6 +104,17 @@ class Kit:
                 raise AssertionError(f"{self.name}: {iid} is {obs}, not {phases}")
             await asyncio.sleep(0.05)
 
+    async def until_url(self, iid: str, within: float = 30) -> Observation:
+        """RUNNING with a URL (a backend gives the URL only once the listener is proven the instance's), or ended."""
+        deadline = time.monotonic() + within
+        while True:
+            obs = await self.observe(iid)
+            if (obs.phase == Phase.RUNNING and obs.url) or obs.phase in ENDED:
+                return obs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {iid} is {obs}, not running with a URL")
+            await asyncio.sleep(0.05)
+
     async def unreachable(self) -> Backend | None:
         """The same engine seen through a connection that cannot reach it (None: cannot be done)."""
         return None
@@ -274,7 +285,7 @@ async def test_submit_is_idempotent_by_instance_id(kit: Kit):
 async def test_running_instance_reports_a_reachable_url(kit: Kit):
     spec = kit.spec()
     await kit.submit(spec)
-    obs = await kit.until(spec.instance_id, {Phase.RUNNING} | ENDED)
+    obs = await kit.until_url(spec.instance_id)
     assert obs.phase == Phase.RUNNING and obs.url and obs.url.startswith("http://"), obs
     if kit.real:
         async with httpx.AsyncClient() as http:

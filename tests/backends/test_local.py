@@ -33,6 +33,7 @@ from tests.backends.local_support import (
     read_text,
     wait_phase,
     wait_until,
+    wait_url,
     write_log,
 )
 
@@ -48,7 +49,8 @@ async def test_submit_runs_and_answers_http(local_backend: LocalBackend, local_p
     assert json.loads(read_text(local_backend.state_dir / spec.instance_id / "handle.json")) == handle
 
     obs = await local_backend.observe(spec.instance_id, handle)
-    assert obs.phase == Phase.RUNNING
+    assert obs.phase == Phase.RUNNING  # alive; its URL only once its own process listens there
+    obs = await wait_url(local_backend, handle)
     assert obs.url == f"http://127.0.0.1:{handle['port']}"
 
     async with httpx.AsyncClient() as client:
@@ -277,7 +279,7 @@ async def test_new_backend_readopts_running_process(
 ):
     handle = await local_backend.submit(make_spec(http_server(local_py), owner=local_owner))
     restarted = LocalBackend(state_dir=local_backend.state_dir, hub_id=local_backend.hub_id)
-    obs = await restarted.observe(handle["instance_id"], handle)
+    obs = await wait_url(restarted, handle)
     assert obs.phase == Phase.RUNNING and obs.url == f"http://127.0.0.1:{handle['port']}"
     assert [h["pid"] for h in await restarted.list_owned()] == [handle["pid"]]
     assert await restarted.terminate(handle, grace=2.0) is True
@@ -348,7 +350,9 @@ async def test_logs_tail_of_a_large_file(local_backend: LocalBackend):
         assert len(lines) == n
         assert lines[0].startswith(f"line {10_000 - n} ")
         assert lines[-1].startswith("line 9999 ")
-    assert len(await log_lines(local_backend, handle, tail=20_000)) == 10_000
+    everything = await log_lines(local_backend, handle, tail=20_000)  # ~590 KB: only the last 256 KiB are read
+    assert everything[0].startswith(procinfo.LINE_CUT) and everything[-1].startswith("line 9999 ")
+    assert sum(len(line) + 1 for line in everything) <= procinfo.MAX_TAIL_BYTES + len(procinfo.LINE_CUT)
     assert await log_lines(local_backend, handle, tail=0) == []
     assert await log_lines(local_backend, {"instance_id": "missing"}) == []
 

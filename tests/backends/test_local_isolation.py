@@ -34,19 +34,42 @@ async def test_health_and_description(local_backend: LocalBackend, local_state_d
     assert Capability.LOGS in local_backend.capabilities
     text = local_backend.describe_isolation()
     assert ("system accounts" in text) == (IS_ROOT and local_backend.isolation == "auto")
-    none = LocalBackend(state_dir=local_state_dir / "none", isolation="none")
-    assert none.describe_isolation().startswith("processes run as the hub's own user")
     with pytest.raises(ValueError):
         LocalBackend(state_dir=local_state_dir / "bad", isolation="strict")
 
 
-def test_account_names():
+@pytest.mark.asyncio
+async def test_user_code_never_runs_as_root(local_state_dir: Path, local_py: str, local_owner: str):
+    """Fail closed: whatever keeps per-user accounts from working refuses launches, saying why and what to do."""
+    spec = make_spec([local_py, "-c", SLEEP], owner=local_owner)
+    if IS_ROOT:
+        none = LocalBackend(state_dir=local_state_dir / "none", isolation="none")
+        assert "runs as root" in none.unsupported(spec)["backend"]
+        assert none.describe_isolation().startswith("launches refused")
+        with pytest.raises(BackendError, match="root"):
+            await none.submit(spec)
+        # The hub's Python or data directory out of the accounts' reach (a venv under /root): refused, not root.
+        private = local_state_dir / "private"
+        private.mkdir(mode=0o700)
+        hidden = LocalBackend(state_dir=private / "data" / "instances", private_root=private / "data")
+        reason = hidden.unsupported(spec)["backend"]
+        assert str(private) in reason and "not accessible to the per-user accounts" in reason
+        with pytest.raises(BackendError):
+            await hidden.submit(spec)
+        assert await hidden.list_owned() == []
+    else:
+        auto = LocalBackend(state_dir=local_state_dir / "auto", isolation="auto")
+        assert "LABHUB_ISOLATION=none" in auto.unsupported(spec)["backend"]
+        none = LocalBackend(state_dir=local_state_dir / "none", isolation="none")
+        assert none.unsupported(spec) == {}
+        assert none.describe_isolation().startswith("processes run as the hub's own user")
+
+
+def test_default_account_names():
+    """Without an account from the hub: ``prefix + owner``, and never a shortened (shared) name."""
     assert account_name("labhub-", "alice") == "labhub-alice"
-    long_a = account_name("labhub-", "a" * 30 + "-one")
-    long_b = account_name("labhub-", "a" * 30 + "-two")
-    assert len(long_a) <= 32 and len(long_b) <= 32 and long_a != long_b
-    assert long_a.startswith("labhub-" + "a" * 20)
-    assert len(account_name("labhub-", "b" * 63)) <= 32
+    with pytest.raises(BackendError, match="too long"):
+        account_name("labhub-", "a" * 30 + "-one")
     with pytest.raises(BackendError):
         account_name("labhub-", "Robert'); DROP")
 
@@ -102,7 +125,8 @@ async def test_runs_as_owner_account(
     gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
     assert gid_line.split()[1:] == [str(pw.pw_gid)] * 4
     groups_line = next(line for line in status.splitlines() if line.startswith("Groups:"))
-    assert groups_line.split()[1:] == []  # root's supplementary groups are dropped
+    # root's supplementary groups are dropped; only the group that may traverse the hub's data directory
+    assert groups_line.split()[1:] == [str(local_isolated_backend.data_dir_group)]
     assert owner_uid(home) == pw.pw_uid
     assert owner_uid(handle["log"]) == pw.pw_uid
     assert read_environ(handle["pid"])["USER"] == pw.pw_name

@@ -195,7 +195,16 @@ async def test_logs_only_read_our_own_output_files():
     assert [line async for line in backend.logs(good, tail=2)] == ["one", "two"]
     for output in ("/etc/shadow", "/srv/labhub/slurm/a/../../../etc/shadow", "relative/a/slurm-1.out"):
         assert [line async for line in backend.logs({**good, "output": output})] == []
-    assert runner.called("tail") == [["tail", "-n", "2", "--", "/srv/labhub/slurm/a/slurm-1.out"]]
+    assert runner.called("tail") == [["tail", "-c", "262145", "--", "/srv/labhub/slurm/a/slurm-1.out"]]
+
+
+async def test_a_log_without_newlines_comes_back_bounded():
+    """A job's 1 MiB line: the hub reads only the end of it (``tail -c``), and says it cut it."""
+    runner = ScriptedRunner().on("tail", "x" * (256 * 1024 + 1))  # what `tail -c 262145` gives at most
+    backend = scripted(runner)
+    good = {"instance_id": "a", "job_id": "1", "output": "/srv/labhub/slurm/a/slurm-1.out"}
+    lines = [line async for line in backend.logs(good, tail=50)]
+    assert len(lines) == 1 and lines[0].startswith("[… cut] ") and len(lines[0]) <= 16 * 1024 + 10
 
 
 async def test_describe_isolation_says_who_runs_the_jobs():

@@ -130,13 +130,15 @@ def test_template_options_are_validated_against_the_allow_list():
 
 
 def test_template_yaml_slurm_section_reaches_the_launch_spec():
+    from labhub.backends.fake import FakeBackend
     from labhub.models import Instance
     from labhub.services.instances import build_spec
 
     tpl = Template.model_validate({"name": "gpu-lab", "title": "GPU lab", "command": ["jupyter-lab"],
                                    "slurm": {"partition": "gpu", "sbatch": ["--constraint=a100"]}})
     inst = Instance(id=IID, name="ws1", kind="workspace", cpus=1, memory_mb=100, gpus=0, hours=1, params={})
-    spec = build_spec(inst, tpl, owner="alice", token=TOKEN, home=None)
+    spec = build_spec(inst, tpl, owner="alice", token=TOKEN, home=None, base_url="/user/alice/ws1/",
+                      backend=FakeBackend())
     assert spec.options["slurm"] == {"partition": "gpu", "sbatch": ["--constraint=a100"]}
     with pytest.raises(ValueError):
         Template.model_validate({"name": "bad", "title": "Bad", "command": ["x"],

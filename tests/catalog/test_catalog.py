@@ -12,7 +12,11 @@ def test_builtin_jupyterlab_loads_without_errors():
     assert catalog.errors == []
     tpl = catalog.get("jupyterlab")
     assert tpl is not None and tpl.kind == "workspace" and tpl.ready_path == "api"
-    assert any("{port}" in arg for arg in tpl.command)
+    assert tpl.listen is not None
+    # on this machine a private Unix socket; on cluster nodes the port the launcher picks
+    assert tpl.render({}, unix_socket=True)[0][-1] == "--ServerApp.sock={socket}"
+    port_args = tpl.render({}, unix_socket=False)[0]
+    assert "--ServerApp.port={port}" in port_args and not any("{socket}" in a for a in port_args)
 
 
 def test_invalid_site_templates_are_reported_and_skipped(tmp_path):

@@ -55,7 +55,7 @@ async def test_client_commands_against_a_running_hub(start_hub, sqlite_url, echo
 
     launched = await cli("launch", "jupyterlab", "--name", "ws1", "--size", "small", "--hours", "1", "--wait")
     assert launched.exit_code == 0, launched.output
-    assert "ws1: running at " in launched.output and "/user/alice/ws1/" in launched.output
+    assert "ws1: running at http://ws1--alice.localhost:" in launched.output
     listing = await cli("ls")
     assert "ws1" in listing.output and "running" in listing.output
     bad = await cli("launch", "jupyterlab", "--name", "Bad_Name")

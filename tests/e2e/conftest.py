@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import urlsplit
 
 import websockets
 
 
-async def run_code(ws_url: str, token: str, code: str, timeout: float = 60) -> str:
-    """Execute ``code`` on a kernel over its WebSocket; return the text/plain result."""
+async def run_code(ws_url: str, token: str, code: str, timeout: float = 60, *, connect: str | None = None) -> str:
+    """Execute ``code`` on a kernel over its WebSocket; return the text/plain result.
+
+    ``connect`` (``http://host:port``) is where to connect when ``ws_url`` names an
+    instance origin Python cannot resolve (``*.localhost``).
+    """
     import asyncio
 
     msg_id = uuid.uuid4().hex
@@ -20,8 +25,12 @@ async def run_code(ws_url: str, token: str, code: str, timeout: float = 60) -> s
         "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                     "allow_stdin": False, "stop_on_error": True},
     }
+    where = {}
+    if connect is not None:
+        parts = urlsplit(connect)
+        where = {"host": parts.hostname, "port": parts.port}
     async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"},
-                                  max_size=None) as ws:
+                                  max_size=None, **where) as ws:
         await ws.send(json.dumps(request))
         async with asyncio.timeout(timeout):
             while True:

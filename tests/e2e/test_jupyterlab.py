@@ -21,18 +21,21 @@ async def test_launch_kernel_over_websocket_and_stop(start_hub, database_url, sh
     inst = resp.json()
     await hub.wait_status(alice, inst["id"], {"running"}, timeout=90)
 
-    api = await alice.http.get(f"{inst['url']}api")
+    assert inst["url"] == f"http://ws1--alice.localhost:{hub.running.proxy.port}/"  # an origin of its own
+    lab = hub.instance_client(alice, inst)
+    api = await lab.get("/api")
     assert api.status_code == 200 and "version" in api.json()
-    kernel = await alice.http.post(f"{inst['url']}api/kernels", json={"name": "python3"})
+    kernel = await lab.post("/api/kernels", json={"name": "python3"})
     assert kernel.status_code == 201, kernel.text
-    ws_url = hub.url.replace("http://", "ws://") + f"{inst['url']}api/kernels/{kernel.json()['id']}/channels"
-    assert await run_code(ws_url, alice.token, "6*7") == "42"
+    ws_url = inst["url"].replace("http://", "ws://") + f"api/kernels/{kernel.json()['id']}/channels"
+    assert await run_code(ws_url, alice.token, "6*7", connect=hub.url) == "42"
 
     async with hub.hub.sessions() as session:
         from labhub.models import Instance
 
         handle = (await session.get(Instance, inst["id"])).handle
     assert procinfo.start_ticks(handle["pid"]) == handle["start_ticks"]
+    assert handle["socket"] and handle["port"] is None  # a Unix socket in a private directory, no TCP port
     if os.geteuid() == 0:  # isolation in force: the server runs as the owner's system account
         assert handle["user"] == "labhub-alice"
         assert procinfo.proc_uid(handle["pid"]) == handle["uid"] != 0

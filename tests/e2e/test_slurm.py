@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -99,12 +100,13 @@ async def test_jupyterlab_on_slurm_through_the_proxy(slurm_env, start_hub, sqlit
     assert inst["backend"] == "slurm"
     await hub.wait_status(alice, inst["id"], {"running"}, timeout=90)
 
-    api = await alice.http.get(f"{inst['url']}api")
+    lab = hub.instance_client(alice, inst)
+    api = await lab.get("/api")
     assert api.status_code == 200 and "version" in api.json()
-    kernel = await alice.http.post(f"{inst['url']}api/kernels", json={"name": "python3"})
+    kernel = await lab.post("/api/kernels", json={"name": "python3"})
     assert kernel.status_code == 201, kernel.text
-    ws_url = hub.url.replace("http://", "ws://") + f"{inst['url']}api/kernels/{kernel.json()['id']}/channels"
-    assert await run_code(ws_url, alice.token, "import os; int(os.environ['SLURM_JOB_ID'])") == \
+    ws_url = inst["url"].replace("http://", "ws://") + f"api/kernels/{kernel.json()['id']}/channels"
+    assert await run_code(ws_url, alice.token, "import os; int(os.environ['SLURM_JOB_ID'])", connect=hub.url) == \
            await _job_id(hub, inst["id"])
 
     job = await _job_id(hub, inst["id"])
@@ -126,7 +128,7 @@ async def test_a_gpu_workspace_sees_exactly_one_device(slurm_env, start_hub, sql
     alice = await hub.user("alice")
     inst = await _launch(hub, alice, "web", "gpu1", size="gpu")
     await hub.wait_status(alice, inst["id"], {"running"}, timeout=60)
-    resp = await alice.http.get(inst["url"])
+    resp = await hub.instance_client(alice, inst).get("/")
     assert resp.status_code == 200 and resp.text == f"hello from {await _job_id(hub, inst['id'])}"
     logs = (await alice.http.get(f"/api/v1/instances/{inst['id']}/logs")).text
     devices = logs.split("CUDA_VISIBLE_DEVICES=", 1)[1].split()[0]
@@ -148,7 +150,7 @@ async def test_scancel_from_outside_fails_the_instance_with_slurms_reason(
     assert failed["reason"] == "CANCELLED"
     assert "Slurm says CANCELLED" in failed["message"] and f"job {job}" in failed["message"]
     assert "CANCELLED AT" in failed["message"]  # the tail of the job's output file
-    assert (await alice.http.get(inst["url"])).status_code != 200  # the route is gone
+    assert (await hub.instance_client(alice, inst).get("/")).status_code != 200  # the route is gone
 
 
 async def test_controller_outage_makes_instances_unknown_and_they_come_back(
@@ -161,13 +163,13 @@ async def test_controller_outage_makes_instances_unknown_and_they_come_back(
     try:
         unknown = await hub.wait_status(alice, inst["id"], {"unknown"}, timeout=30)
         assert "slurm backend unreachable" in unknown["message"]
-        resp = await alice.http.get(inst["url"])  # not killed, not forgotten: still served
+        resp = await hub.instance_client(alice, inst).get("/")  # not killed, not forgotten: still served
         assert resp.status_code == 200 and resp.text.startswith("hello from")
     finally:
         slurm_cluster.start_controller()
     back = await hub.wait_status(alice, inst["id"], {"running"}, timeout=30)
     assert back["reason"] == "recovered"
-    assert (await alice.http.get(inst["url"])).text == f"hello from {await _job_id(hub, inst['id'])}"
+    assert (await hub.instance_client(alice, inst).get("/")).text == f"hello from {await _job_id(hub, inst['id'])}"
     assert (await alice.http.delete(f"/api/v1/instances/{inst['id']}")).status_code == 202
     await hub.wait_status(alice, inst["id"], {"stopped"}, timeout=60)
 
@@ -183,7 +185,8 @@ async def test_a_restarted_hub_readopts_slurm_instances(slurm_env, sqlite_url, s
             resp = await http.post("/api/v1/instances", json={"template": "web", "name": "web1", "backend": "slurm"})
             inst = resp.json()
             running = await wait_status(http, inst["id"], "running")
-            first = (await http.get(inst["url"])).text
+            on_origin = {"Host": urlsplit(inst["url"]).netloc}
+            first = (await http.get("/", headers=on_origin)).text
             assert first.startswith("hello from ")
             job = first.removeprefix("hello from ")
 
@@ -191,7 +194,7 @@ async def test_a_restarted_hub_readopts_slurm_instances(slurm_env, sqlite_url, s
             assert slurm_cluster.squeue_state(job) == "RUNNING"  # the job outlived the hub
             await hub.start()
             again = await wait_status(http, inst["id"], "running", within=15)
-            assert (await http.get(inst["url"])).text == first  # same job, through the new proxy
+            assert (await http.get("/", headers=on_origin)).text == first  # same job, through the new proxy
             assert again["started_at"] == running["started_at"]
             events = (await http.get(f"/api/v1/instances/{inst['id']}/events")).json()
             assert [e["reason"] for e in events].count("submitted") == 1  # never submitted twice

@@ -26,14 +26,15 @@ SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 README_PAGES = {"home", "launch", "progress", "admin"}
 PASSWORD = "correct-horse-battery"  # noqa: S105 - test accounts
-LOCAL = re.compile(r"^(?!(?:https?|wss?)://127\.0\.0\.1[:/]).*")
+# the hub (127.0.0.1) and instances on origins of their own (*.localhost, which Chromium resolves to loopback)
+LOCAL = re.compile(r"^(?!(?:https?|wss?)://(?:127\.0\.0\.1|[a-z0-9-]+\.localhost)[:/]).*")
 DESKTOP = {"width": 1280, "height": 800}
 # JupyterLab console noise we accept, and why (nothing else is ignored, on any page):
 JUPYTERLAB_NOISE = [
     # The built-in template turns off the jupyter_lsp server extension (it spawns `npm` probes at start),
     # but JupyterLab's LSP front-end plugin still asks the server for its status once and logs the 404.
     ("Failed to load resource: the server responded with a status of 404 (Not Found)",
-     re.compile(r"^http://127\.0\.0\.1:\d+/user/[a-z0-9-]+/[a-z0-9-]+/lsp/status\?")),
+     re.compile(r"^http://[a-z0-9-]+\.localhost:\d+/lsp/status\?")),
 ]
 PHONE = {"width": 390, "height": 844}
 
@@ -108,7 +109,7 @@ class WebUser:
 
 
 def _in_jupyterlab(url: str) -> bool:
-    return bool(re.match(r"^http://127\.0\.0\.1:\d+/user/[^/]+/[^/]+/lab", url))
+    return bool(re.match(r"^http://[a-z0-9-]+\.localhost:\d+/lab", url))
 
 
 class BrowserHelper:

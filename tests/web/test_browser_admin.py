@@ -46,11 +46,13 @@ async def test_other_users_cannot_see_or_open_it_and_an_admin_stops_it(hub, brow
         await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
     await audit(page)
     await screenshot(page, "error-403")
-    resp = await page.goto(f"{hub.url}/user/alice/ws1/")  # the proxy refuses too, in the same look
+    resp = await page.goto(f"{hub.url}/user/alice/ws1/")  # no access to her instance's origin either
     assert resp.status == 403
-    await expect(page.get_by_role("heading", name="403 Forbidden")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    resp = await page.goto(inst["url"])  # straight to its origin: sent to the hub, which refuses
+    assert resp.status == 403 and page.url == f"{hub.url}/user/alice/ws1/"
     await audit(page)
-    await screenshot(page, "error-403-proxy")
+    await screenshot(page, "error-403-instance")
     resp = await page.goto(f"{hub.url}/instances/{'0' * 32}")
     assert resp.status == 404
     await expect(page.get_by_role("heading", name="Not found")).to_be_visible()

@@ -58,7 +58,7 @@ async def test_launch_jupyterlab_run_code_and_stop(start_hub, sqlite_url, shared
     await audit(page)
     await screenshot(page, "progress")
     # It opens JupyterLab by itself once the hub says it is ready.
-    await page.wait_for_url(re.compile(r"/user/alice/ws1/lab"), timeout=90_000)
+    await page.wait_for_url(re.compile(r"^http://ws1--alice\.localhost:\d+/lab"), timeout=90_000)  # its own origin
     assert [e.text for e in web.errors()] == []
 
     launcher = page.locator('.jp-LauncherCard[data-category="Notebook"]').first

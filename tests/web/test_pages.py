@@ -11,6 +11,7 @@ import pytest
 
 from labhub.backends.fake import FakeBackend
 from labhub.services import views
+from tests.conftest import page_csrf
 from tests.web.conftest import PASSWORD
 
 pytestmark = pytest.mark.asyncio
@@ -28,11 +29,10 @@ async def browser_login(hub, name: str, *, admin: bool = False) -> httpx.AsyncCl
     """A logged-in HTML client (cookies, CSRF token in ``client.csrf``)."""
     await hub.user(name, password=PASSWORD, admin=admin)
     client = hub.client(headers=HTML)
-    await client.get("/login")
-    client.csrf = client.cookies["labhub_csrf"]
-    resp = await client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": client.csrf,
-                                             "next": "/"})
+    resp = await client.post("/login", data={"username": name, "password": PASSWORD,
+                                             "csrf_token": await page_csrf(client), "next": "/"})
     assert resp.status_code == 303, resp.text
+    client.csrf = await page_csrf(client, "/")  # bound to the new session
     return client
 
 
@@ -61,8 +61,7 @@ async def test_anonymous_visitors_are_sent_to_log_in(hub):
 async def test_wrong_password_and_forged_forms(hub):
     await hub.user("alice", password=PASSWORD)
     client = hub.client(headers=HTML)
-    await client.get("/login")
-    csrf = client.cookies["labhub_csrf"]
+    csrf = await page_csrf(client)
     bad = await client.post("/login", data={"username": "alice", "password": "nope", "csrf_token": csrf})
     assert bad.status_code == 401 and "Wrong user name or password." in bad.text
     forged = await client.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": "x"})
@@ -108,7 +107,7 @@ async def test_home_details_stop_why_and_delete(hub):
     home = await alice.get("/")
     assert f'data-instance="{instance_id}"' in home.text and ">running<" in home.text
     details = await alice.get(f"/instances/{instance_id}")
-    assert "ready after" in details.text and "/user/alice/ws1/" in details.text
+    assert "ready after" in details.text and "http://ws1--alice.localhost:" in details.text  # its own origin
 
     stop = await alice.post(f"/instances/{instance_id}/stop", data={"csrf_token": alice.csrf, "next": "/"})
     assert stop.status_code == 303 and stop.headers["location"] == "/"

@@ -10,30 +10,31 @@ nothing but this report.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import Field
 
 from labhub.api.deps import HubDep
+from labhub.api.schemas import RequestBody, Text, error
 from labhub.services import security
 
 router = APIRouter(tags=["instances"])
 
 
-class CallHome(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CallHome(RequestBody):
     host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
     port: int = Field(gt=0, lt=65536)
     job_id: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 @router.post("/instances/{instance_id}/callhome", status_code=204,
-             summary="An instance reports where it listens (instance token, not a user's)")
-async def callhome(instance_id: str, body: CallHome, hub: HubDep,
-                   authorization: Annotated[str, Header()] = "") -> Response:
-    scheme, _, token = authorization.partition(" ")
+             summary="An instance reports where it listens (instance token, not a user's)",
+             openapi_extra={"security": [{"instanceToken": []}]},
+             responses={**error(403, "Not this instance's token"),
+                        **error(404, "No such starting or running instance"),
+                        **error(409, "The instance's job is not recorded yet: try again")})
+async def callhome(instance_id: Text, body: CallHome, hub: HubDep, request: Request) -> Response:
+    # read, not declared as a parameter: the credential is documented as the instanceToken security scheme
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     expected = hub.instance_token(instance_id)
     if scheme.lower() not in ("token", "bearer") or not security.same(token.strip(), expected):
         raise HTTPException(403, "not this instance's token")

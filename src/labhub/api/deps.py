@@ -8,15 +8,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from labhub.auth import csrf
 from labhub.hub import Hub
 from labhub.models import User
 from labhub.proxy.routes import Principal
-from labhub.services import security
 
-SESSION_COOKIE = "labhub_session"
-CSRF_COOKIE = "labhub_csrf"
 CSRF_HEADER = "x-csrf-token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = csrf.SAFE_METHODS
 
 
 def get_hub(request: Request) -> Hub:
@@ -42,23 +40,35 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
+def csrf_token(request: Request, hub: Hub) -> tuple[str, str | None]:
+    """The CSRF token for this request's session (and a new nonce cookie value to set, before login)."""
+    return csrf.expected_token(request, key=hub.secret_key, session_cookie=hub.cookies.session,
+                               nonce_cookie=hub.cookies.csrf)
+
+
+def csrf_valid(request: Request, hub: Hub, sent: str | None) -> bool:
+    """A cookie-authenticated write: from the hub's own origin, with the session's token."""
+    return csrf.valid(request, sent, key=hub.secret_key, session_cookie=hub.cookies.session,
+                      nonce_cookie=hub.cookies.csrf, public_url=hub.public_url)
+
+
 async def get_principal(request: Request, hub: HubDep) -> Principal | None:
     """The caller from a bearer token, else from the session cookie.
 
-    Cookie-authenticated requests that change state must carry the CSRF
-    header matching the CSRF cookie (the web UI's fetch() sends it).
+    Cookie-authenticated requests that change state must come from the hub's
+    own origin and carry the session's CSRF token in the X-CSRF-Token header
+    (the web UI's fetch() sends it, from the page's ``csrf-token`` meta tag).
     """
     if (token := bearer_token(request)) is not None:
         return await hub.auth.authenticate("token", token)
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = request.cookies.get(hub.cookies.session)
     if not cookie:
         return None
     principal = await hub.auth.authenticate("session", cookie)
     if principal is not None and request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
-        expected = request.cookies.get(CSRF_COOKIE, "")
-        if not sent or not expected or not security.same(sent, expected):
-            raise HTTPException(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
+        if not csrf_valid(request, hub, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, "missing or wrong CSRF token, or another site's page (send the "
+                                     "X-CSRF-Token header from the hub's own pages)")
     return principal
 
 

@@ -1,17 +1,107 @@
-"""Request and response bodies of the REST API."""
+"""Request and response bodies of the REST API, and the error answers every route documents."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from http import HTTPStatus
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from labhub.models import ApiToken, Instance, User
 
+MAX_INT32 = 2**31 - 1
+"""The largest id, cursor or offset the API takes: ids are 32-bit integers on PostgreSQL, and a
+larger number would reach the database as an error (500) instead of being refused as invalid (422)."""
 
-class LaunchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+
+class ErrorOut(BaseModel):
+    """The body of every error answer, whichever part of the hub gave it."""
+
+    detail: str = Field(description="what went wrong, in words for people")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="per request field (a parameter name, or a dotted path into the body, "
+                                  "or `body`): why it was refused; absent when no field was at fault")
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "No credentials, or unknown, expired or revoked ones",
+    403: "The credential may not do this: the token lacks the scope, the resource is someone else's, "
+         "admins only, a missing CSRF header with a session cookie, or the account waits for approval",
+    404: "No such resource (or not one you may see)",
+    409: "Conflicts with the current state",
+    413: "The request body is larger than the hub's limit (`LABHUB_MAX_BODY_BYTES`)",
+    415: "The request body is not JSON (send `Content-Type: application/json`)",
+    422: "Invalid request: `fields` names each parameter or body field at fault",
+    503: "A backend cannot be reached right now; try again later",
+}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`", "required": True, "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}},
+}
+
+
+def error(status: int, description: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """A ``responses=`` entry documenting an error answer with :class:`ErrorOut`."""
+    entry: dict[str, Any] = {"model": ErrorOut,
+                             "description": description or ERROR_DESCRIPTIONS.get(status, HTTPStatus(status).phrase)}
+    if status in _ERROR_HEADERS:
+        entry["headers"] = _ERROR_HEADERS[status]
+    return {status: entry}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for ``statuses``, with their usual descriptions."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out.update(error(status))
+    return out
+
+
+SIGNED_IN = errors(401, 403)
+"""What every route that needs a user's credential can answer besides its own errors."""
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def _refuse_nul(value: Any) -> Any:
+    if _holds_nul(value):
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_refuse_nul)]
+"""A path, query or header parameter's text.  PostgreSQL cannot store or compare text holding NUL:
+refused here, it is a 422 naming the parameter rather than a database error (500) on PostgreSQL."""
+
+
+TokenId = Annotated[int, Path(ge=1, le=MAX_INT32)]
+"""A token's id in a path (ids start at 1)."""
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: no unknown fields, and (as :data:`Text`) no NUL characters anywhere in it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _refuse_nul(value)
+
+
+class LaunchRequest(RequestBody):
+    model_config = ConfigDict(json_schema_extra={
         "examples": [{"template": "jupyterlab", "name": "ws1", "size": "small", "hours": 2, "params": {}}]})
 
     template: str = Field(min_length=1, max_length=63)
@@ -42,7 +132,8 @@ class InstanceOut(BaseModel):
     status: str
     reason: str
     message: str
-    url: str
+    url: str = Field(description="where the instance is served: an origin of its own (subdomain mode), or "
+                                 "/user/<owner>/<name>/ on the hub's (path mode); absolute")
     created_at: dt.datetime
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
@@ -50,12 +141,12 @@ class InstanceOut(BaseModel):
     last_activity_at: dt.datetime | None
 
     @classmethod
-    def of(cls, inst: Instance) -> InstanceOut:
+    def of(cls, inst: Instance, *, url: str) -> InstanceOut:
         return cls(
             id=inst.id, name=inst.name, owner=inst.owner.name, kind=inst.kind, template=inst.template,
             size=inst.size, resources=Resources(cpus=inst.cpus, memory_mb=inst.memory_mb, gpus=inst.gpus),
             hours=inst.hours, params=inst.params or {}, backend=inst.backend, status=inst.status,
-            reason=inst.reason, message=inst.message, url=inst.url, created_at=inst.created_at,
+            reason=inst.reason, message=inst.message, url=url, created_at=inst.created_at,
             started_at=inst.started_at, ended_at=inst.ended_at, expires_at=inst.expires_at,
             last_activity_at=inst.last_activity_at,
         )
@@ -85,9 +176,7 @@ class UserOut(BaseModel):
                    created_at=user.created_at, last_login_at=user.last_login_at)
 
 
-class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TokenRequest(RequestBody):
     note: str = Field(default="", max_length=255)
     scopes: list[str] = Field(default_factory=lambda: ["*"], max_length=10)
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)

@@ -15,10 +15,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from labhub.api.deps import AddressDep, AdminUser, HubDep, ReadUser, SessionDep, scoped
-from labhub.api.schemas import NewTokenOut, TokenOut, TokenRequest
+from labhub.api.schemas import (
+    MAX_INT32,
+    SIGNED_IN,
+    NewTokenOut,
+    RequestBody,
+    Text,
+    TokenId,
+    TokenOut,
+    TokenRequest,
+    error,
+    errors,
+)
 from labhub.auth import audit, identities
 from labhub.hub import Hub
 from labhub.models import User, UserStatus
@@ -26,10 +37,13 @@ from labhub.services import admin, approval, credentials, groups, users
 from labhub.services.errors import Conflict, Forbidden, Invalid
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/users", tags=["users"])
-audit_router = APIRouter(tags=["audit"])
+router = APIRouter(prefix="/users", tags=["users"], responses=SIGNED_IN)
+audit_router = APIRouter(tags=["audit"], responses=SIGNED_IN)
 SelfUser = Annotated[User, Depends(scoped("*"))]
 DELETE_WAIT_S = 600.0  # how long a background deletion waits for the user's instances to stop
+TOKENS_LIMIT = 1000
+NO_USER = errors(404)
+DECIDED = error(409, "The account is not waiting for approval (already decided)")
 
 
 class AccountOut(BaseModel):
@@ -62,18 +76,14 @@ class UserPageOut(BaseModel):
     prev_before: str | None = Field(description="pass as `before` for the previous page")
 
 
-class NewUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewUser(RequestBody):
     name: str = Field(min_length=1, max_length=63)
     email: str | None = Field(default=None, max_length=320)
     password: str | None = Field(default=None, max_length=1024, description="none: the user logs in with OIDC only")
     admin: bool = False
 
 
-class UserChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UserChange(RequestBody):
     admin: bool | None = None
     status: Literal["active", "disabled"] | None = Field(
         default=None, description="disabled: sessions end, tokens stop working, instances stop")
@@ -81,9 +91,7 @@ class UserChange(BaseModel):
     email: str | None = Field(default=None, max_length=320)
 
 
-class RejectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RejectRequest(RequestBody):
     reason: str = Field(default="", max_length=200)
 
 
@@ -124,10 +132,10 @@ def _self_or_admin(caller: User, name: str) -> None:
 @router.get("", response_model=UserPageOut, summary="List users (admins): search, filter by status, keyset pages")
 async def list_users(
     _: AdminUser, session: SessionDep,
-    q: Annotated[str, Query(max_length=100, description="part of the name or e-mail address")] = "",
+    q: Annotated[Text, Query(max_length=100, description="part of the name or e-mail address")] = "",
     status: Annotated[UserStatus | None, Query()] = None,
-    after: Annotated[str | None, Query(max_length=63)] = None,
-    before: Annotated[str | None, Query(max_length=63)] = None,
+    after: Annotated[Text | None, Query(max_length=63)] = None,
+    before: Annotated[Text | None, Query(max_length=63)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> UserPageOut:
     page = await admin.search_users(session, q=q.strip(), status=status.value if status else None, after=after,
@@ -136,7 +144,8 @@ async def list_users(
                        next_after=page.next_after, prev_before=page.prev_before)
 
 
-@router.post("", status_code=201, response_model=AccountOut, summary="Add a user (admins); active at once")
+@router.post("", status_code=201, response_model=AccountOut, summary="Add a user (admins); active at once",
+             responses=error(409, "A user with this name exists"))
 async def add_user(body: NewUser, actor: AdminUser, session: SessionDep, address: AddressDep) -> AccountOut:
     if body.email is not None and (reason := users.check_email(body.email)):
         raise Invalid("invalid user", fields={"email": reason})
@@ -146,8 +155,9 @@ async def add_user(body: NewUser, actor: AdminUser, session: SessionDep, address
     return AccountOut.of(user)
 
 
-@router.get("/{name}", response_model=AccountDetail, summary="One account (yours, or any for admins)")
-async def get_user(name: str, caller: ReadUser, session: SessionDep) -> AccountDetail:
+@router.get("/{name}", response_model=AccountDetail, summary="One account (yours, or any for admins)",
+            responses=NO_USER)
+async def get_user(name: Text, caller: ReadUser, session: SessionDep) -> AccountDetail:
     _self_or_admin(caller, name)
     user = await users.require_user(session, name)
     linked = await identities.identities_of(session, user)
@@ -155,8 +165,10 @@ async def get_user(name: str, caller: ReadUser, session: SessionDep) -> AccountD
                          identities=[i.provider for i in linked])
 
 
-@router.patch("/{name}", response_model=AccountOut, summary="Change role, status or e-mail (admins)")
-async def change_user(name: str, body: UserChange, actor: AdminUser, session: SessionDep, hub: HubDep,
+@router.patch("/{name}", response_model=AccountOut, summary="Change role, status or e-mail (admins)",
+              responses={**NO_USER, **error(409, "Not possible now: the account waits for approval, or the change "
+                                                  "is to your own account, or would leave the hub without an admin")})
+async def change_user(name: Text, body: UserChange, actor: AdminUser, session: SessionDep, hub: HubDep,
                       address: AddressDep) -> AccountOut:
     user = await users.require_user(session, name)
     if body.email is not None:
@@ -187,8 +199,9 @@ async def change_user(name: str, body: UserChange, actor: AdminUser, session: Se
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a user (admins): instances stop, then everything goes",
-               responses={202: {"model": DeletionOut, "description": "instances are stopping; deletion follows"}})
-async def delete_user(name: str, actor: AdminUser, session: SessionDep, hub: HubDep, address: AddressDep) -> Response:
+               responses={202: {"model": DeletionOut, "description": "instances are stopping; deletion follows"},
+                          **NO_USER, **error(409, "Your own account, or the last admin")})
+async def delete_user(name: Text, actor: AdminUser, session: SessionDep, hub: HubDep, address: AddressDep) -> Response:
     result = await users.delete_user(session, actor=actor, name=name, address=address)
     await session.commit()
     hub.credentials_changed()
@@ -225,8 +238,8 @@ async def _finish_deletion(hub: Hub, actor_name: str, name: str, address: str) -
 
 
 @router.post("/{name}/approve", response_model=DecisionOut,
-             summary="Approve a pending account (admins); 409 if decided")
-async def approve(name: str, actor: AdminUser, session: SessionDep, hub: HubDep, address: AddressDep) -> DecisionOut:
+             summary="Approve a pending account (admins); 409 if decided", responses={**NO_USER, **DECIDED})
+async def approve(name: Text, actor: AdminUser, session: SessionDep, hub: HubDep, address: AddressDep) -> DecisionOut:
     decision = await approval.approve(session, settings=hub.settings, actor=actor, name=name, address=address)
     await session.commit()
     hub.credentials_changed()
@@ -234,8 +247,9 @@ async def approve(name: str, actor: AdminUser, session: SessionDep, hub: HubDep,
     return DecisionOut(name=decision.name, status=decision.status, decided_by=decision.decided_by, notified=notified)
 
 
-@router.post("/{name}/reject", response_model=DecisionOut, summary="Reject a pending account (admins); 409 if decided")
-async def reject(name: str, actor: AdminUser, session: SessionDep, hub: HubDep, address: AddressDep,
+@router.post("/{name}/reject", response_model=DecisionOut, summary="Reject a pending account (admins); 409 if decided",
+             responses={**NO_USER, **DECIDED})
+async def reject(name: Text, actor: AdminUser, session: SessionDep, hub: HubDep, address: AddressDep,
                  body: RejectRequest | None = None) -> DecisionOut:
     decision = await approval.reject(session, settings=hub.settings, actor=actor, name=name,
                                      reason=body.reason if body else "", address=address)
@@ -245,16 +259,23 @@ async def reject(name: str, actor: AdminUser, session: SessionDep, hub: HubDep, 
     return DecisionOut(name=decision.name, status=decision.status, decided_by=decision.decided_by, notified=notified)
 
 
-@router.get("/{name}/tokens", response_model=list[TokenOut], summary="A user's tokens (yours, or any for admins)")
-async def list_tokens(name: str, caller: SelfUser, session: SessionDep) -> list[TokenOut]:
+@router.get("/{name}/tokens", response_model=list[TokenOut], responses=NO_USER,
+            summary="A user's tokens (yours, or any for admins), by id (the last id as `after` gives the next page)")
+async def list_tokens(
+    name: Text, caller: SelfUser, session: SessionDep,
+    after: Annotated[int, Query(ge=0, le=MAX_INT32, description="a token id: only later ones")] = 0,
+    limit: Annotated[int, Query(ge=1, le=TOKENS_LIMIT)] = TOKENS_LIMIT,
+) -> list[TokenOut]:
     _self_or_admin(caller, name)
     user = await users.require_user(session, name)
-    return [TokenOut.of(t) for t in await credentials.list_tokens(session, user=user)]
+    tokens = [t for t in await credentials.list_tokens(session, user=user) if t.id > after]
+    return [TokenOut.of(t) for t in tokens[:limit]]
 
 
 @router.post("/{name}/tokens", status_code=201, response_model=NewTokenOut,
-             summary="An admin makes a token for a user: the one explicit way to act for someone else")
-async def issue_token(name: str, body: TokenRequest, actor: AdminUser, session: SessionDep,
+             summary="An admin makes a token for a user: the one explicit way to act for someone else",
+             responses={**NO_USER, **error(409, "The account is not active")})
+async def issue_token(name: Text, body: TokenRequest, actor: AdminUser, session: SessionDep,
                       address: AddressDep) -> NewTokenOut:
     user = await users.require_user(session, name)
     if user.status != UserStatus.ACTIVE:
@@ -266,8 +287,9 @@ async def issue_token(name: str, body: TokenRequest, actor: AdminUser, session: 
     return NewTokenOut(**TokenOut.of(token).model_dump(), token=secret)
 
 
-@router.delete("/{name}/tokens/{token_id}", status_code=204, summary="Revoke a token (its owner or an admin)")
-async def revoke_token(name: str, token_id: int, caller: SelfUser, session: SessionDep, hub: HubDep,
+@router.delete("/{name}/tokens/{token_id}", status_code=204, summary="Revoke a token (its owner or an admin)",
+               responses=error(404, "No such user, or no such token of theirs"))
+async def revoke_token(name: Text, token_id: TokenId, caller: SelfUser, session: SessionDep, hub: HubDep,
                        address: AddressDep) -> Response:
     _self_or_admin(caller, name)
     owner = await users.require_user(session, name)
@@ -280,10 +302,10 @@ async def revoke_token(name: str, token_id: int, caller: SelfUser, session: Sess
 @audit_router.get("/audit", response_model=AuditPageOut, summary="The audit log, newest first (admins)")
 async def audit_log(
     _: AdminUser, session: SessionDep,
-    actor: Annotated[str | None, Query(max_length=63)] = None,
-    action: Annotated[str | None, Query(max_length=64, description="a prefix: `user.` or `login.failed`")] = None,
-    target: Annotated[str | None, Query(max_length=255)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    actor: Annotated[Text | None, Query(max_length=63)] = None,
+    action: Annotated[Text | None, Query(max_length=64, description="a prefix: `user.` or `login.failed`")] = None,
+    target: Annotated[Text | None, Query(max_length=255)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_INT32, description="an event id: only earlier ones")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPageOut:
     page = await audit.search(session, actor=actor, action=action, target=target, before=before, limit=limit)

@@ -30,7 +30,6 @@ from labhub.auth import audit
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "labhub_session"
 PENDING_DETAIL = "your account is waiting for approval"
 PENDING_PAGE = "/pending"
 OPEN_PATHS = frozenset({"/pending", "/logout", "/login", "/favicon.ico", "/api/v1/health"})
@@ -74,11 +73,11 @@ class PendingGate:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        secret = _cookie(scope, SESSION_COOKIE)
+        hub = scope["app"].state.hub
+        secret = _cookie(scope, hub.cookies.session)
         if not secret or (self._open(path) and path != PENDING_PAGE):
             await self.app(scope, receive, send)
             return
-        hub = scope["app"].state.hub
         principal = await hub.auth.authenticate("session", secret)
         name = await hub.pending_user(secret) if principal is None else None
         if name is not None and path == PENDING_PAGE:
@@ -150,7 +149,7 @@ class LoginThrottle:
                 if message["status"] == 401:
                     hub.throttle.login_failed(account, address)
                 elif message["status"] == 303:
-                    hub.throttle.login_succeeded(account)
+                    hub.throttle.login_succeeded(account, address)
             await send(message)
 
         await self.app(scope, replay, watch)
@@ -188,6 +187,10 @@ def _duration(seconds: int) -> str:
 
 
 def install(app: Any) -> None:
-    """Add both guards (the throttle outermost, so a throttled login never reaches the gate)."""
+    """Add the guards: the instance-origin gate outermost (nothing of the hub is served on an instance's
+    origin), then the throttle (a throttled login never reaches the pending gate)."""
+    from labhub.auth.origin import InstanceOriginGate
+
     app.add_middleware(PendingGate)
     app.add_middleware(LoginThrottle)
+    app.add_middleware(InstanceOriginGate)

@@ -1,17 +1,18 @@
-"""Login throttling: exponential back-off per account name and per client address.
+"""Login throttling: exponential back-off per (account name, client address) and per address.
 
 In memory (a restart forgets it, which is acceptable for a back-off): each
 key counts failures; after ``free`` of them every further attempt must wait
-``base * 2**(n - free)`` seconds (capped) after the last failure.  A success
-clears the account's count.  Unknown names are throttled exactly like real
-ones, so the throttle does not tell which accounts exist.
+``base * 2**(n - free)`` seconds (capped) after the last failure.  Failures
+against one account from elsewhere never make its owner wait: see
+:class:`LoginThrottle`.  Unknown names are throttled exactly like real ones,
+so the throttle does not tell which accounts exist.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from labhub.settings import ThrottleSettings
@@ -33,7 +34,7 @@ class Throttle:
         self.forget_after = forget_after
         self.clock = clock
         self.max_keys = max_keys
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[Hashable, _Entry] = {}
 
     def delay_after(self, failures: int, free: int) -> float:
         """How long one must wait after the last of ``failures`` failures."""
@@ -41,7 +42,7 @@ class Throttle:
             return 0.0
         return min(self.max_delay, self.base_delay * 2 ** min(failures - free, 40))
 
-    def wait(self, key: str, free: int) -> float:
+    def wait(self, key: Hashable, free: int) -> float:
         """Seconds until ``key`` may try again (0: now)."""
         entry = self._entries.get(key)
         if entry is None:
@@ -52,7 +53,14 @@ class Throttle:
             return 0.0
         return max(0.0, entry.last + self.delay_after(entry.failures, free) - now)
 
-    def failure(self, key: str) -> int:
+    def failures(self, key: Hashable) -> int:
+        """The failures counted for ``key`` (0 once forgotten)."""
+        entry = self._entries.get(key)
+        if entry is None or self.clock() - entry.last > self.forget_after:
+            return 0
+        return entry.failures
+
+    def failure(self, key: Hashable) -> int:
         """Count a failure; returns the key's failure count."""
         now = self.clock()
         entry = self._entries.get(key)
@@ -64,7 +72,7 @@ class Throttle:
         entry.last = now
         return entry.failures
 
-    def reset(self, key: str) -> None:
+    def reset(self, key: Hashable) -> None:
         self._entries.pop(key, None)
 
     def _prune(self, now: float) -> None:
@@ -90,7 +98,26 @@ def address_key(address: str) -> str:
 
 
 class LoginThrottle:
-    """The hub's login and sign-up throttles, configured by ``Settings.login_throttle``."""
+    """The hub's login and sign-up throttles, configured by ``Settings.login_throttle``.
+
+    A failed password login counts under three keys:
+
+    * *(account, address)*: back-off after ``account_free`` failures, so one
+      address guessing one account slows down;
+    * *address*: back-off after ``address_free`` failures, whatever names it
+      tries (password spraying);
+    * *account*, from every address: never a wait by itself (then anyone could
+      lock anyone out, its owner included), but from ``account_attack``
+      failures on the account is under attack and each *(account, address)*
+      gets one free attempt instead of ``account_free``: a botnet gets one
+      guess per address per back-off period.
+
+    So the owner, with the right password, from an address that has not
+    failed itself, always gets in.  A success clears only its own
+    *(account, address)*: not the address (one could reset it by logging in
+    to an account of one's own between guesses) nor the account-wide count
+    (the attack goes on while the owner works).
+    """
 
     def __init__(self, settings: ThrottleSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -101,15 +128,22 @@ class LoginThrottle:
 
     def login_wait(self, account: str, address: str) -> float:
         """Seconds before ``account`` may try from ``address`` (0: now)."""
-        return max(self.logins.wait(f"account:{account}", self.settings.account_free),
-                   self.logins.wait(f"address:{address_key(address)}", self.settings.address_free))
+        where = address_key(address)
+        free = 1 if self.under_attack(account) else self.settings.account_free
+        return max(self.logins.wait(("pair", account, where), free),
+                   self.logins.wait(("address", where), self.settings.address_free))
+
+    def under_attack(self, account: str) -> bool:
+        return self.logins.failures(("account", account)) >= self.settings.account_attack
 
     def login_failed(self, account: str, address: str) -> None:
-        self.logins.failure(f"account:{account}")
-        self.logins.failure(f"address:{address_key(address)}")
+        where = address_key(address)
+        self.logins.failure(("pair", account, where))
+        self.logins.failure(("address", where))
+        self.logins.failure(("account", account))
 
-    def login_succeeded(self, account: str) -> None:
-        self.logins.reset(f"account:{account}")
+    def login_succeeded(self, account: str, address: str) -> None:
+        self.logins.reset(("pair", account, address_key(address)))
 
     def signup_wait(self, address: str) -> float:
         return self.signups.wait(f"signup:{address_key(address)}", self.settings.signups_per_hour)

@@ -50,6 +50,7 @@ class Capability(enum.StrEnum):
     GPUS = "gpus"
     LOGS = "logs"
     CALL_HOME = "call_home"  # instances report their own host:port to the hub
+    UNIX_SOCKET = "unix_socket"  # fills {socket}: a Unix socket in a directory only the instance can enter
     CONTAINER_IMAGE = "container_image"
 
 
@@ -77,7 +78,10 @@ class LaunchSpec:
     ``command`` is an argument vector (never a shell string).  It may contain
     the placeholders ``{port}``, ``{ip}``, ``{base_url}`` and ``{home}``, which
     the backend fills in once it knows them (a local backend picks a free port;
-    a Slurm job picks one on its node).  ``token`` is the instance's secret: the
+    a Slurm job picks one on its node), and ``{socket}`` for backends with
+    :attr:`Capability.UNIX_SOCKET`.  ``account`` is the system account the hub
+    assigned to the owner (stable and unique per user), for backends that run
+    instances as per-user accounts.  ``token`` is the instance's secret: the
     proxy sends it upstream, and the backend passes it to the process through
     ``env`` (never on the command line, where other users could read it).
     """
@@ -93,6 +97,7 @@ class LaunchSpec:
     token: str
     time_limit_s: int
     home: str | None = None  # persistent directory for the owner, if any
+    account: str | None = None  # the owner's system account, when the hub assigned one
     options: Mapping[str, Any] = field(default_factory=dict)  # backend-specific
 
 
@@ -112,6 +117,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: a group whose members (the accounts instances run as) must be able to traverse the
+    #: hub's data directory to reach their homes; the hub sets it on the directory
+    data_dir_group: int | None = None
 
     def describe_isolation(self) -> str:
         """One line saying how instances are isolated (shown to admins)."""

@@ -28,14 +28,16 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from labhub.backends import procinfo
+from labhub.backends import netinfo, procinfo
 from labhub.backends.base import (
     Backend,
     BackendError,
@@ -46,16 +48,19 @@ from labhub.backends.base import (
     Observation,
     Phase,
 )
-from labhub.backends.local_isolation import Account, Accounts, Cgroups, spawn
+from labhub.backends.local_isolation import Account, Accounts, Cgroups, account_name, spawn
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-PLACEHOLDER_RE = re.compile(r"\{(port|ip|base_url|home)\}")
+PLACEHOLDER_RE = re.compile(r"\{(port|ip|socket|base_url|home)\}")
+SOCKET_NAME = "server.sock"
+SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
 POLL_S = 0.05  # how often terminate looks whether the processes are gone
 KILL_WAIT_S = 5.0  # after SIGKILL, how long the kernel gets to finish them
 GONE = Observation(Phase.GONE, message="process no longer exists")
+NOT_LISTENING = Observation(Phase.RUNNING, message="not listening yet")
 
 
 class _Child:
@@ -104,10 +109,17 @@ class _Child:
 
 
 class LocalBackend(Backend):
-    """Instances as child processes of the hub, isolated as far as the machine allows."""
+    """Instances as child processes of the hub, isolated as far as the machine allows.
+
+    User code never runs as root.  ``isolation="auto"`` needs a hub running as
+    root that can start per-user system accounts (with the hub's Python and the
+    data directory reachable by them); otherwise every launch is refused with
+    the reason.  ``isolation="none"`` runs instances as the hub's own user, and
+    is refused when that user is root.
+    """
 
     name = "local"
-    capabilities = frozenset({Capability.LOGS})
+    capabilities = frozenset({Capability.LOGS, Capability.UNIX_SOCKET})
 
     def __init__(
         self,
@@ -119,41 +131,67 @@ class LocalBackend(Backend):
         account_prefix: str = "labhub-",
         clock: Callable[[], float] = time.time,
         gpus: int | None = None,
+        private_root: Path | None = None,
     ) -> None:
-        """``gpus``: how many GPUs to hand out; ``None`` counts ``/dev/nvidiaN``."""
+        """``gpus``: how many GPUs to hand out; ``None`` counts ``/dev/nvidiaN``.
+
+        ``private_root`` is the hub's data directory, whose permissions the hub
+        keeps (traversable by :attr:`data_dir_group` only); what lies above it
+        must be traversable by other accounts.
+        """
         if isolation not in ("auto", "none"):
             raise ValueError(f"isolation must be 'auto' or 'none', not {isolation!r}")
         self.state_dir = Path(state_dir)
-        # o+x: instance accounts must reach their working directories inside.
-        self.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         self.hub_id = hub_id
         self.isolation = isolation
         self.clock = clock
         auto = isolation == "auto"
-        self._accounts = Accounts(account_prefix) if auto and os.geteuid() == 0 else None
-        self._no_accounts_reason = ""
-        if self._accounts is not None:
-            blocked = _first_private_dir([Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent,
-                                          self.state_dir])
+        root = os.geteuid() == 0
+        self._accounts = Accounts(account_prefix) if auto and root else None
+        self._account_prefix = account_prefix
+        #: why launches are refused ("" when they are not)
+        self.refusal = ""
+        if auto and not root:
+            self.refusal = (f"per-user system accounts need the hub to run as root (it runs as "
+                            f"{_user_name(os.geteuid())}); to run instances as that user, with no isolation between "
+                            f"users, set LABHUB_ISOLATION=none")
+        elif not auto and root:
+            self.refusal = ("isolation is 'none' and the hub runs as root: user code never runs as root; run the hub "
+                            "as an unprivileged user, or set LABHUB_ISOLATION=auto for per-user accounts")
+        elif self._accounts is not None:
+            above = (private_root or self.state_dir).resolve().parent
+            blocked = _first_private_dir([Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent, above])
             if blocked is not None:
-                # Per-user accounts could not execute our Python or reach their homes:
-                # run as the hub's user rather than fail every launch, and say so.
+                self.refusal = (f"{blocked} is not accessible to the per-user accounts instances run as, so they "
+                                f"could not run the instance environment or reach their homes; install LabHub (or "
+                                f"the instance environment) and put the data directory where other accounts can "
+                                f"traverse, e.g. under /opt and /srv rather than /root")
                 self._accounts = None
-                self._no_accounts_reason = f" because {blocked} is not accessible to other accounts"
-                log.warning("local backend: not switching to per-user accounts: %s is not accessible to them", blocked)
-        cgroups = Cgroups(Path(cgroup_root)) if auto else None
+        if self.refusal:
+            log.error("local backend: launches are refused: %s", self.refusal)
+        self.data_dir_group = self._accounts.ensure_group_now() if self._accounts is not None else None
+        # The state dir is traversable by the instance accounts' group only (to their sockets).
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.data_dir_group is not None:
+            os.chown(self.state_dir, -1, self.data_dir_group)
+            self.state_dir.chmod(0o710)
+        self._socket_root: Path | None = None
+        cgroups = Cgroups(Path(cgroup_root)) if auto and not self.refusal else None
         self._cgroups = cgroups if cgroups is not None and cgroups.available else None
         self._gpu_count = _count_gpus() if gpus is None else gpus
         if self._gpu_count > 0:
-            self.capabilities = frozenset({Capability.LOGS, Capability.GPUS})
+            self.capabilities = frozenset({*self.capabilities, Capability.GPUS})
         self._children: dict[str, _Child] = {}
         self._submit_lock: asyncio.Lock | None = None
+        self._listeners: dict[str, frozenset[int]] = {}  # instance -> listener inodes proven to be its own
 
     def describe_isolation(self) -> str:
+        if self.refusal:
+            return f"launches refused: {self.refusal}"
         if self._accounts is not None:
             who = f"processes run as per-user system accounts ({self._accounts.prefix}<user>)"
         else:
-            who = f"processes run as the hub's own user ({_user_name(os.geteuid())}){self._no_accounts_reason}"
+            who = f"processes run as the hub's own user ({_user_name(os.geteuid())}), not isolated from each other"
         if self._cgroups is not None:
             limits = f"{', '.join(self._cgroups.parents)} limited by cgroup v1"
         elif self.isolation == "none":
@@ -167,6 +205,8 @@ class LocalBackend(Backend):
 
     def unsupported(self, spec: LaunchSpec) -> dict[str, str]:
         reasons = super().unsupported(spec)
+        if self.refusal:
+            reasons["backend"] = f"the local backend cannot run instances safely: {self.refusal}"
         if "size" not in reasons and spec.resources.gpus > self._gpu_count:
             reasons["size"] = f"{spec.resources.gpus} GPUs requested but this machine has {self._gpu_count}"
         return reasons
@@ -176,6 +216,8 @@ class LocalBackend(Backend):
     async def submit(self, spec: LaunchSpec) -> Handle:
         if not INSTANCE_ID_RE.match(spec.instance_id):
             raise BackendError(f"invalid instance id: {spec.instance_id!r}")
+        if self.refusal:
+            raise BackendError(self.refusal)
         if self._submit_lock is None:
             self._submit_lock = asyncio.Lock()
         async with self._submit_lock:  # idempotency and GPU assignment need one at a time
@@ -188,34 +230,45 @@ class LocalBackend(Backend):
 
     async def _start(self, spec: LaunchSpec) -> Handle:
         iid = spec.instance_id
+        account = None
+        if self._accounts is not None:
+            name = spec.account or account_name(self._account_prefix, spec.owner)
+            home_hint = Path(spec.home) if spec.home else self.state_dir / iid / "work"
+            account = await self._accounts.ensure(name, home_hint)
         idir = self.state_dir / iid
-        idir.mkdir(mode=0o711, exist_ok=True)
+        idir.mkdir(mode=0o700, exist_ok=True)
+        if account is not None:  # the account may traverse its instance's directory, nobody else
+            os.chown(idir, 0, account.gid, follow_symlinks=False)
+            idir.chmod(0o710)
         if spec.home:
             home = Path(spec.home)
         else:  # with accounts, the instance dir itself stays the hub's
-            home = idir / "work" if self._accounts is not None else idir
-        account = await self._accounts.ensure(spec.owner, home) if self._accounts is not None else None
+            home = idir / "work" if account is not None else idir
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         if account is not None:
             os.chown(home, account.uid, account.gid, follow_symlinks=False)
+            home.chmod(0o700)
 
-        port = _free_port()
+        uses_socket = any("{socket}" in arg for arg in spec.command)
+        socket_path = self._socket_path(iid, account) if uses_socket else None
+        port = _free_port() if any("{port}" in arg for arg in spec.command) else None
         env = self._child_env(spec, home, account)
         gpus = self._assign_gpus(spec.resources.gpus)
         if self._gpu_count:  # the hub's choice, not the template's
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-        argv = _fill(spec.command, port=port, base_url=spec.base_url, home=str(home))
+        argv = _fill(spec.command, port=port, socket_path=socket_path, base_url=spec.base_url, home=str(home))
         exe = shutil.which(argv[0], path=env["PATH"]) if argv else None
         if exe is None:
             raise BackendError(f"command not found: {argv[0] if argv else '(empty command)'}")
 
         log_path = idir / "output.log"
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        log_fd = os.open(log_path, flags, 0o640)
+        log_fd = os.open(log_path, flags, 0o600)
         cgroup_dirs: list[Path] = []
         try:
-            if account is not None:
+            if account is not None:  # the owner may read its own log; nobody else but the hub
                 os.fchown(log_fd, account.uid, account.gid)
+                os.fchmod(log_fd, 0o640)
             if self._cgroups is not None:
                 cgroup_dirs = self._cgroups.create(
                     iid,
@@ -245,6 +298,7 @@ class LocalBackend(Backend):
             "pgid": popen.pid,  # start_new_session: the child leads its own group
             "start_ticks": procinfo.start_ticks(popen.pid),  # not reaped yet, so never None
             "port": port,
+            "socket": str(socket_path) if socket_path is not None else None,
             "host": HOST,
             "log": str(log_path),
             "hub_id": self.hub_id,
@@ -258,8 +312,33 @@ class LocalBackend(Backend):
         _write_json(idir / "handle.json", handle)
         on_exit = functools.partial(self._record_exit, handle)
         self._children[iid] = _Child(popen, asyncio.get_running_loop(), on_exit)
-        log.info("instance %s started as pid %s on port %s", iid, popen.pid, port)
+        where = f"socket {socket_path}" if socket_path is not None else f"port {port}"
+        log.info("instance %s started as pid %s on %s", iid, popen.pid, where)
         return handle
+
+    def _socket_path(self, iid: str, account: Account | None) -> Path:
+        """A fresh socket path in a directory only the instance's account (and root) can enter.
+
+        Inside the instance's own directory when the path is short enough for
+        AF_UNIX, else under a private random directory in /tmp made once.
+        """
+        base = self.state_dir / iid
+        if len(str(base / "sock" / SOCKET_NAME)) > SOCKET_PATH_MAX:
+            if self._socket_root is None:
+                self._socket_root = Path(tempfile.mkdtemp(prefix="labhub-sockets-"))
+                self._socket_root.chmod(0o711)  # traversable, not listable: the names are ours
+            base = self._socket_root / iid
+            base.mkdir(mode=0o700, exist_ok=True)
+            if account is not None:
+                os.chown(base, 0, account.gid, follow_symlinks=False)
+                base.chmod(0o710)
+        directory = base / "sock"
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(mode=0o700)
+        if account is not None:
+            os.chown(directory, account.uid, account.gid, follow_symlinks=False)
+        return directory / SOCKET_NAME
 
     def _child_env(self, spec: LaunchSpec, home: Path, account: Account | None) -> dict[str, str]:
         """A minimal environment: the hub's own (with its secrets) is never passed on."""
@@ -318,9 +397,9 @@ class LocalBackend(Backend):
         child = self._child_for(handle)
         if child is not None:
             rc = child.reap()
-            return _running(handle) if rc is None else _exited(handle, rc, oom=child.oom)
+            return self._running(handle) if rc is None else _exited(handle, rc, oom=child.oom)
         if procinfo.is_alive(pid, ticks):
-            return _running(handle)
+            return self._running(handle)
         # Not our child: the hub that reaped it may have recorded how it ended ...
         record = self._read_json(handle["instance_id"], "exit.json")
         if record is not None and record.get("pid") == pid and record.get("start_ticks") == ticks:
@@ -332,6 +411,52 @@ class LocalBackend(Backend):
 
     def _oom(self, iid: str) -> bool:
         return self._cgroups is not None and Cgroups.oom_killed(self._cgroups.memory_dir(iid))
+
+    def _running(self, handle: Handle) -> Observation:
+        """A live instance: ``RUNNING``, with its URL once its listener is proven to be its own.
+
+        A Unix socket must be a socket owned by the instance's account (its
+        directory admits nobody else); a TCP port's listener must be held by one
+        of the instance's processes.  Until then there is no URL, so the hub
+        sends nothing (not even the readiness probe's token) to a listener that
+        may be somebody else's; a port held by another process fails the instance.
+        """
+        path = handle.get("socket")
+        if path:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return NOT_LISTENING
+            if not stat.S_ISSOCK(st.st_mode) or st.st_uid != handle.get("uid"):
+                return Observation(Phase.FAILED, message="its socket was replaced by something that is not the "
+                                   "instance's; the hub did not connect to it", reason="listener_not_ours")
+            return Observation(Phase.RUNNING, url=f"unix:{path}")
+        port = handle.get("port")
+        if not isinstance(port, int):
+            return Observation(Phase.RUNNING)  # it listens nowhere (a job)
+        iid = str(handle.get("instance_id"))
+        verdict = netinfo.judge(port, lambda: self._members(handle), known=self._listeners.get(iid, frozenset()))
+        if not verdict.listening:
+            return NOT_LISTENING
+        if not verdict.ours:
+            return Observation(Phase.FAILED, reason="listener_not_ours", message=(
+                f"port {port} is held by another process (uid {verdict.stranger_uid}), not the instance's; "
+                f"the hub did not connect to it"))
+        self._listeners[iid] = verdict.inodes
+        return Observation(Phase.RUNNING, url=f"http://{handle.get('host', HOST)}:{port}")
+
+    def _members(self, handle: Handle, cgroup_dirs: list[Path] | None = None) -> set[int]:
+        """The live processes of the instance: its cgroups' and its leader's process group."""
+        iid = handle.get("instance_id")
+        if cgroup_dirs is None:
+            valid = isinstance(iid, str) and INSTANCE_ID_RE.match(iid)
+            cgroup_dirs = self._cgroups.dirs(iid) if self._cgroups is not None and valid else []  # type: ignore[arg-type]
+        found = Cgroups.pids(cgroup_dirs)
+        pid, ticks = _pid_ticks(handle)
+        if pid is not None:
+            pgid = int(handle.get("pgid") or pid)
+            found |= procinfo.instance_group(pid, pgid, ticks, handle.get("uid"))
+        return found
 
     # -- terminate --------------------------------------------------------------
 
@@ -345,15 +470,11 @@ class LocalBackend(Backend):
         pid, ticks = _pid_ticks(handle)
         child = self._child_for(handle)
         pgid = int(handle.get("pgid") or pid or 0)
-        uid = handle.get("uid")
 
         def members() -> set[int]:
             if child is not None:
                 child.reap()  # our leader must not linger as a zombie
-            found = Cgroups.pids(cgroup_dirs)
-            if pid is not None:
-                found |= procinfo.instance_group(pid, pgid, ticks, uid)
-            return found
+            return self._members(handle, cgroup_dirs)
 
         def send(sig: int) -> None:
             if pid is not None and (child.reap() is None if child else procinfo.is_alive(pid, ticks)):
@@ -386,6 +507,7 @@ class LocalBackend(Backend):
         if iid is not None:
             if child is not None:
                 self._children.pop(iid, None)
+            self._listeners.pop(iid, None)
             self._forget(iid, handle.get("pid"))
         return True
 
@@ -459,10 +581,6 @@ def _pid_ticks(handle: Handle) -> tuple[int | None, int | None]:
     return (pid, ticks) if pid > 0 else (None, None)
 
 
-def _running(handle: Handle) -> Observation:
-    return Observation(Phase.RUNNING, url=f"http://{handle.get('host', HOST)}:{handle.get('port')}")
-
-
 def _exited(handle: Handle, rc: int, *, oom: bool) -> Observation:
     """``rc`` as Popen reports it: negative for a signal (exit_code 128 + signal)."""
     if rc == 0:
@@ -480,13 +598,13 @@ def _exited(handle: Handle, rc: int, *, oom: bool) -> Observation:
     return Observation(Phase.FAILED, exit_code=128 + sig, message=f"killed by signal {sig} ({name})")
 
 
-def _fill(command: list[str], *, port: int, base_url: str, home: str) -> list[str]:
-    """Fill ``{port}``, ``{ip}``, ``{base_url}`` and ``{home}``; other braces stay.
+def _fill(command: list[str], *, port: int | None, socket_path: Path | None, base_url: str, home: str) -> list[str]:
+    """Fill ``{port}``, ``{ip}``, ``{socket}``, ``{base_url}`` and ``{home}``; other braces stay.
 
     One pass per argument, so a value that happens to contain a placeholder
     (a home directory named ``{port}``) is not expanded again.
     """
-    values = {"port": str(port), "ip": HOST, "base_url": base_url, "home": home}
+    values = {"port": str(port), "ip": HOST, "socket": str(socket_path), "base_url": base_url, "home": home}
     return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], arg) for arg in command]
 
 
@@ -497,8 +615,11 @@ def _free_port() -> int:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically, readable by the hub only."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 

@@ -16,7 +16,7 @@ What is used depends on the machine (``isolation="auto"``):
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import grp
 import logging
 import os
 import pwd
@@ -41,25 +41,31 @@ CFS_PERIOD_US = 100_000
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def account_name(prefix: str, owner: str) -> str:
-    """The system account for ``owner``: ``prefix + owner``, at most 32 chars.
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
-    Longer names keep the first 20 characters of the owner (fewer if the
-    prefix is long) and add a short hash of the whole owner name, so two long
-    owner names with a common beginning still get different accounts.
+
+def account_name(prefix: str, owner: str) -> str:
+    """The default system account for ``owner`` when the hub assigned none: ``prefix + owner``.
+
+    The hub assigns every user an account of its own and stores it (names that
+    do not fit are shortened there, never here, so that two users can never
+    share one); this default is for specs built without the hub.
     """
     if not OWNER_RE.match(owner):
         raise BackendError(f"invalid owner name for a system account: {owner!r}")
     name = prefix + owner
-    if len(name) <= USERNAME_MAX:
-        return name
-    digest = hashlib.sha256(owner.encode()).hexdigest()
-    room = USERNAME_MAX - len(prefix)
-    hash_len = max(4, room - 20)
-    keep = room - hash_len
-    if keep < 1:
-        raise BackendError(f"account prefix {prefix!r} is too long")
-    return prefix + owner[:keep] + digest[:hash_len]
+    if len(name) > USERNAME_MAX:
+        raise BackendError(f"no system account assigned to {owner!r}, and {name!r} is too long for one")
+    return name
+
+
+def group_name(prefix: str) -> str:
+    """The group whose members (the instance accounts) may traverse the hub's data directory.
+
+    It cannot be an account's name: accounts are ``prefix`` plus a user name,
+    and user names have no ``_``.
+    """
+    return prefix.rstrip("-_") + "_instances"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,32 +73,70 @@ class Account:
     name: str
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()  # supplementary groups the instance runs with
 
 
 class Accounts:
-    """Creates and looks up per-owner system accounts (hub must be root)."""
+    """Creates and looks up per-owner system accounts (hub must be root).
+
+    Every account is a member of :func:`group_name`'s group, which lets it
+    traverse (not read) the hub's data directory down to its own home.
+    """
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.group = group_name(prefix)
+        self._gid: int | None = None
         self._lock: asyncio.Lock | None = None
 
-    async def ensure(self, owner: str, home: Path) -> Account:
-        """The account for ``owner``, created with ``useradd`` if missing."""
-        name = account_name(self.prefix, owner)
-        found = _lookup(name)
-        if found is not None:
-            return found
+    def ensure_group_now(self) -> int:
+        """The shared group's gid, created with ``groupadd`` if missing (blocking: once, at start)."""
+        if self._gid is not None:
+            return self._gid
+        try:
+            self._gid = grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            groupadd = shutil.which("groupadd", path=SYSTEM_PATH)
+            if groupadd is None:
+                raise BackendError("cannot create the instance accounts' group: groupadd not found") from None
+            done = subprocess.run([groupadd, "--system", self.group], capture_output=True, text=True,
+                                  env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}, check=False)
+            if done.returncode not in (0, 9):  # 9: it exists (another hub made it meanwhile)
+                raise BackendError(f"groupadd {self.group} failed: {done.stdout}{done.stderr}".strip()) from None
+            self._gid = grp.getgrnam(self.group).gr_gid
+            log.info("created group %s", self.group)
+        return self._gid
+
+    async def ensure(self, name: str, home: Path) -> Account:
+        """The account ``name`` (one the hub assigned), created with ``useradd`` if missing."""
+        if not ACCOUNT_RE.match(name) or not name.startswith(self.prefix):
+            raise BackendError(f"refusing to run instances as {name!r}: not a {self.prefix}* account")
+        gid = self.ensure_group_now()
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:  # useradd takes /etc/passwd's lock; one at a time
-            found = _lookup(name)
-            if found is not None:
-                return found
-            await _useradd(name, home)
-            found = _lookup(name)
+        found = _lookup(name)
+        if found is None or not _member(name, self.group):
+            async with self._lock:  # useradd/usermod take /etc/passwd's lock; one at a time
+                found = _lookup(name)
+                if found is None:
+                    # Exit status 9: the name exists (another hub process created it meanwhile).
+                    await _run_admin_tool("useradd", [
+                        "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin",
+                        "--groups", self.group, name], tolerate=(9,))
+                    log.info("created system account %s", name)
+                    found = _lookup(name)
+                elif not _member(name, self.group):
+                    await _run_admin_tool("usermod", ["--append", "--groups", self.group, name])
         if found is None:
             raise BackendError(f"system account {name} could not be created")
-        return found
+        return Account(found.name, found.uid, found.gid, (gid,))
+
+
+def _member(name: str, group: str) -> bool:
+    try:
+        return name in grp.getgrnam(group).gr_mem
+    except KeyError:
+        return False
 
 
 def _lookup(name: str) -> Account | None:
@@ -105,25 +149,21 @@ def _lookup(name: str) -> Account | None:
     return Account(name, pw.pw_uid, pw.pw_gid)
 
 
-async def _useradd(name: str, home: Path) -> None:
-    useradd = shutil.which("useradd", path=SYSTEM_PATH)
-    if useradd is None:
-        raise BackendError("cannot create system accounts: useradd not found")
-    argv = [useradd, "--system", "--no-create-home", "--home-dir", str(home),
-            "--shell", "/usr/sbin/nologin", name]  # fmt: skip
+async def _run_admin_tool(tool: str, args: list[str], *, tolerate: tuple[int, ...] = ()) -> None:
+    path = shutil.which(tool, path=SYSTEM_PATH)
+    if path is None:
+        raise BackendError(f"cannot manage system accounts: {tool} not found")
     proc = await asyncio.create_subprocess_exec(
-        *argv,
+        path, *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
     )
     out, _ = await proc.communicate()
-    # Exit status 9: the name exists (another hub process created it meanwhile).
-    if proc.returncode not in (0, 9):
-        text = out.decode(errors="replace").strip()
-        raise BackendError(f"useradd {name} failed (exit {proc.returncode}): {text}")
-    log.info("created system account %s", name)
+    if proc.returncode not in (0, *tolerate):
+        text = out.decode(errors="replace").strip()[-2000:]
+        raise BackendError(f"{tool} {' '.join(args)} failed (exit {proc.returncode}): {text}")
 
 
 class Cgroups:
@@ -273,12 +313,13 @@ def spawn(
 
     Its own session and process group, stdin from /dev/null, stdout and
     stderr to ``log_fd`` (a file: nothing ties the process to the hub), the
-    account's uid and gid with no supplementary groups, inside its cgroups
-    before it execs.  An argument vector, never a shell.
+    account's uid and gid with only the account's own supplementary groups,
+    inside its cgroups before it execs, with umask 022.  An argument vector,
+    never a shell.
     """
     ids: dict[str, Any] = {}
     if account is not None:
-        ids = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        ids = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
     preexec = make_preexec([str(d / "cgroup.procs") for d in cgroup_dirs], rlimits=rlimits)
     try:
         return subprocess.Popen(
@@ -289,6 +330,7 @@ def spawn(
             cwd=cwd,
             env=dict(env),
             start_new_session=True,
+            umask=0o022,  # the user's files, whatever the hub's own umask
             preexec_fn=preexec,
             close_fds=True,
             **ids,

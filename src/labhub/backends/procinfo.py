@@ -136,12 +136,22 @@ def instance_group(pid: int, pgid: int, ticks: int | None, uid: int | None) -> s
     }
 
 
-def tail_lines(path: Path | str, n: int, *, block: int = 65536) -> list[str]:
+MAX_TAIL_BYTES = 256 * 1024  # the most a log tail reads, however many lines are asked for
+MAX_LINE_BYTES = 16 * 1024  # a longer line keeps its end
+LINE_CUT = "[… cut] "  # starts a line whose beginning was left out
+
+
+def tail_lines(path: Path | str, n: int, *, block: int = 65536, max_bytes: int = MAX_TAIL_BYTES,
+               max_line: int = MAX_LINE_BYTES) -> list[str]:
     """The last ``n`` lines of a file, without newlines, oldest first.
 
-    Reads backwards in blocks, so the cost depends on ``n`` and the line
-    length, not on the file size.  A missing file has no lines.  Symlinks are
-    not followed (the file may be owned by an instance's account).
+    Reads backwards in blocks from the end, and never more than the last
+    ``max_bytes`` of the file, so the cost depends on neither the file size nor
+    the line lengths: a log without newlines costs what a short one does.  A
+    line that starts before that window, or is longer than ``max_line`` bytes,
+    keeps its end and begins with :data:`LINE_CUT`.  Cuts fall between UTF-8
+    characters.  A missing file has no lines.  Symlinks are not followed (the
+    file may be owned by an instance's account).
     """
     if n <= 0:
         return []
@@ -151,23 +161,53 @@ def tail_lines(path: Path | str, n: int, *, block: int = 65536) -> list[str]:
         return []
     try:
         end = os.fstat(fd).st_size
+        start = max(0, end - max(1, max_bytes))
         pos = end
         chunks: list[bytes] = []
         newlines = 0
         # One newline more than needed marks where the wanted lines begin; a
         # trailing newline at the very end of the file does not start a line.
-        while pos > 0 and newlines <= n:
-            size = min(block, pos)
+        while pos > start and newlines <= n:
+            size = min(block, pos - start)
             pos -= size
             chunk = os.pread(fd, size, pos)
             chunks.append(chunk)
             newlines += chunk.count(b"\n")
+        first_cut = pos > 0 and os.pread(fd, 1, pos - 1) != b"\n"
     finally:
         os.close(fd)
-    data = b"".join(reversed(chunks))
+    if end == 0:
+        return []
+    return split_tail(b"".join(reversed(chunks)), n, first_cut=first_cut, max_line=max_line)
+
+
+def split_tail(data: bytes, n: int, *, first_cut: bool, max_line: int = MAX_LINE_BYTES) -> list[str]:
+    """The last ``n`` lines of ``data`` (the end of a log), cut as :func:`tail_lines` says (pure).
+
+    ``first_cut``: ``data`` starts in the middle of a line.
+    """
+    if n <= 0:
+        return []
     if data.endswith(b"\n"):
         data = data[:-1]
-    if not data and end == 0:
-        return []
     lines = data.split(b"\n")
-    return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines[-n:]]
+    kept = lines[-n:]
+    cut = [first_cut and len(kept) == len(lines)] + [False] * (len(kept) - 1)
+    return [_line(line, max_line, cut=was_cut) for line, was_cut in zip(kept, cut, strict=True)]
+
+
+def _line(raw: bytes, max_line: int, *, cut: bool) -> str:
+    if len(raw) > max_line:
+        raw, cut = raw[-max_line:], True
+    if cut:
+        raw = raw[_char_start(raw):]
+    text = raw.decode("utf-8", errors="replace").rstrip("\r")
+    return LINE_CUT + text if cut else text
+
+
+def _char_start(raw: bytes) -> int:
+    """How many UTF-8 continuation bytes ``raw`` starts with (at most 3: then it is not UTF-8)."""
+    skip = 0
+    while skip < min(3, len(raw)) and raw[skip] & 0xC0 == 0x80:
+        skip += 1
+    return skip

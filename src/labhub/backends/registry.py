@@ -13,10 +13,12 @@ from labhub.backends.base import Backend
 Factory = Callable[..., Backend]
 
 
-def _local(*, data_dir: Path, isolation: str, **_: Any) -> Backend:
+def _local(*, data_dir: Path, isolation: str, settings: Any = None, **_: Any) -> Backend:
     from labhub.backends.local import LocalBackend
 
-    return LocalBackend(state_dir=data_dir / "instances", hub_id="labhub", isolation=isolation)
+    prefix = settings.account_prefix if settings is not None else "labhub-"
+    return LocalBackend(state_dir=data_dir / "instances", hub_id="labhub", isolation=isolation,
+                        account_prefix=prefix, private_root=data_dir)
 
 
 def _slurm(*, data_dir: Path, settings: Any, **_: Any) -> Backend:

@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from labhub.backends import procinfo
 from labhub.backends import slurm_parse as sp
 from labhub.backends.base import (
     Backend,
@@ -55,7 +56,7 @@ from labhub.backends.base import (
     Phase,
 )
 from labhub.backends.commands import CommandResult, CommandRunner, LocalRunner
-from labhub.backends.local_isolation import Accounts
+from labhub.backends.local_isolation import Accounts, account_name
 from labhub.backends.slurm_script import (
     HUB_ID_RE,
     ClusterOptions,
@@ -130,6 +131,8 @@ class SlurmBackend(Backend):
         self.run_as = self._resolve_run_as(run_as)
         self._accounts = Accounts(account_prefix) if self.run_as == "accounts" else None
         self.account_prefix = account_prefix
+        if self._accounts is not None:  # jobs as per-user accounts reach their homes in the data directory
+            self.data_dir_group = self._accounts.ensure_group_now()
         self._accounting: bool | None = {"yes": True, "no": False}.get(accounting)
         self._urls: dict[str, tuple[str, str]] = {}  # instance id -> (job id, url) from call-home
         self._ended: dict[str, sp.Ended] = {}  # job id -> how it ended (final, so cached)
@@ -235,7 +238,10 @@ class SlurmBackend(Backend):
             return spec.owner
         if self._accounts is not None:
             home = Path(spec.home) if spec.home else self.state_dir / "homes" / spec.owner
-            return (await self._accounts.ensure(spec.owner, home)).name
+            # the hub's assignment when it uses this backend's prefix; else <prefix><owner> (injective)
+            name = spec.account if (spec.account or "").startswith(self.account_prefix) else None
+            name = name or account_name(self.account_prefix, spec.owner)
+            return (await self._accounts.ensure(name, home)).name
         return None
 
     def _plan(self, spec: LaunchSpec, user: str | None) -> JobPlan:
@@ -451,10 +457,15 @@ class SlurmBackend(Backend):
             return
         if f"/{iid}/slurm-" not in path or ".." in path.split("/") or not path.startswith("/"):
             return  # only ever our own output files
-        result = await self.runner.run(["tail", "-n", str(max(1, int(tail))), "--", path], limit_s=self.command_timeout)
+        # Bytes, not lines: a log without newlines must not come through whole.
+        limit = procinfo.MAX_TAIL_BYTES
+        result = await self.runner.run(["tail", "-c", str(limit + 1), "--", path], limit_s=self.command_timeout)
         if not result.ok:
             return
-        for line in result.stdout.splitlines():
+        data = result.stdout.encode("utf-8", errors="surrogateescape")
+        over = len(data) > limit  # one byte more than the window: is the window's first line whole?
+        cut = over and data[-limit - 1:-limit] != b"\n"
+        for line in procinfo.split_tail(data[-limit:] if over else data, max(1, int(tail)), first_cut=cut):
             yield line
 
     async def health(self) -> None:

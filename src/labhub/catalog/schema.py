@@ -2,8 +2,11 @@
 
 Templates are data, never code.  A template's ``command`` is an argument vector
 with placeholders the hub and backend fill in: ``{port}``, ``{ip}``,
-``{base_url}``, ``{home}`` (backend) and ``{param:NAME}`` (the user's validated
-parameter ``NAME``).  No shell ever sees it.
+``{socket}``, ``{base_url}``, ``{home}`` (backend) and ``{param:NAME}`` (the
+user's validated parameter ``NAME``).  No shell ever sees it.  ``listen`` says
+how the program can be told where to listen: the backend appends the ``socket``
+arguments where it can give the instance a Unix socket in a private directory
+(no other account can take it over), else the ``port`` arguments.
 """
 
 from __future__ import annotations
@@ -114,6 +117,25 @@ class SlurmOptions(BaseModel):
         return value
 
 
+class Listen(BaseModel):
+    """Arguments appended to the command to say where to listen, one list per way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: list[str] = Field(default_factory=list)  # with {port} and {ip}: a TCP port on the node
+    socket: list[str] = Field(default_factory=list)  # with {socket}: a Unix socket path
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> Listen:
+        if self.port and not any("{port}" in a for a in self.port):
+            raise ValueError("port: the arguments must contain {port}")
+        if self.socket and not any("{socket}" in a for a in self.socket):
+            raise ValueError("socket: the arguments must contain {socket}")
+        if not self.port and not self.socket:
+            raise ValueError("give port or socket arguments (or both)")
+        return self
+
+
 class Template(BaseModel):
     """A catalog entry."""
 
@@ -124,6 +146,7 @@ class Template(BaseModel):
     description: str = ""
     kind: Literal["workspace", "job", "service"] = "workspace"
     command: list[str] = Field(min_length=1)
+    listen: Listen | None = None
     env: dict[str, str] = Field(default_factory=dict)
     ready_path: str | None = "api"  # probed under the base URL; None: alive means ready
     sizes: list[str] | None = None  # allowed sizes; None: all configured sizes
@@ -179,13 +202,21 @@ class Template(BaseModel):
                 values[param.name] = value
         return values, errors
 
-    def render(self, values: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-        """The command and env with ``{param:NAME}`` filled in (argv elements, no shell)."""
+    def render(self, values: dict[str, Any], *, unix_socket: bool = False) -> tuple[list[str], dict[str, str]]:
+        """The command and env with ``{param:NAME}`` filled in (argv elements, no shell).
+
+        ``unix_socket``: the backend can give the instance a Unix socket; the
+        ``listen.socket`` arguments are appended when the template has them,
+        else the ``listen.port`` ones.
+        """
 
         def fill(text: str) -> str:
             return _PARAM_REF.sub(lambda m: _as_text(values.get(m.group(1))), text)
 
-        return [fill(arg) for arg in self.command], {k: fill(v) for k, v in self.env.items()}
+        command = list(self.command)
+        if self.listen is not None:
+            command += self.listen.socket if unix_socket and self.listen.socket else self.listen.port
+        return [fill(arg) for arg in command], {k: fill(v) for k, v in self.env.items()}
 
 
 def _as_text(value: Any) -> str:

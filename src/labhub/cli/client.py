@@ -114,8 +114,8 @@ def launch(
         typer.echo(f"{inst['name']}: {inst['status']} ({inst['id']})")
         if wait:
             inst = _wait(client, inst)
-            url, _ = _credentials()
-            typer.echo(f"{inst['name']}: {inst['status']}" + (f" at {url}{inst['url']}" if inst["status"] == "running" else ""))
+            at = f" at {inst['url']}" if inst["status"] == "running" else ""
+            typer.echo(f"{inst['name']}: {inst['status']}{at}")
             if inst["status"] != "running":
                 typer.echo(inst["message"], err=True)
                 raise typer.Exit(1)

@@ -51,8 +51,13 @@ def serve(
     settings = _settings(bind=bind, data_dir=data_dir)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from labhub import server
+    from labhub.storage import StorageError
 
-    server.run(settings)
+    try:
+        server.run(settings)
+    except StorageError as exc:
+        typer.echo(f"error: the data directory is not safe to use: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _with_db(settings, work):  # noqa: ANN001, ANN202

@@ -2,9 +2,21 @@
 
 from labhub.models.base import Base, UTCDateTime, utcnow
 from labhub.models.instance import ACTIVE, TERMINAL, AuditEvent, Event, Instance, Kind, Status
-from labhub.models.user import ApiToken, Group, Identity, LoginSession, Membership, Role, User, UserStatus
+from labhub.models.origin import OriginGrant
+from labhub.models.user import (
+    ApiToken,
+    Group,
+    Identity,
+    LoginSession,
+    Membership,
+    Role,
+    SystemAccount,
+    User,
+    UserStatus,
+)
 
 __all__ = [
     "ACTIVE", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
-    "LoginSession", "Membership", "Role", "Status", "UTCDateTime", "User", "UserStatus", "utcnow",
+    "LoginSession", "Membership", "OriginGrant", "Role", "Status", "SystemAccount", "UTCDateTime", "User", "UserStatus",
+    "utcnow",
 ]

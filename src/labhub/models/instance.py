@@ -77,6 +77,10 @@ class Instance(Base):
 
     owner: Mapped[User] = relationship(lazy="joined")
 
+    # Every ORM update of a row is a compare-and-set on its status (UPDATE ... WHERE status = <read>):
+    # two hub tasks (or a request and a task) that move the same instance cannot both win.
+    __mapper_args__ = {"version_id_col": status, "version_id_generator": False}
+
     @property
     def url(self) -> str:
         return f"/user/{self.owner.name}/{self.name}/"

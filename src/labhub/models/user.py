@@ -113,3 +113,20 @@ class ApiToken(Base):
     issued_by: Mapped[str | None] = mapped_column(String(63))  # an admin who made it for this user, explicitly
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class SystemAccount(Base):
+    """The system account a user's local instances run as.
+
+    Assigned on first use and kept: the mapping from users to accounts is
+    injective (the name is the key) and stable.  When the user is deleted the
+    row stays with ``user_id`` NULL, so the account (and whatever files it still
+    owns outside its home) is never handed to another user, not even one who
+    later takes the same user name.
+    """
+
+    __tablename__ = "system_accounts"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

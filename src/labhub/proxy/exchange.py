@@ -10,7 +10,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .upstream import UpstreamProtocol
 
 # request header classes
-_H_PASS, _H_HOST, _H_ACCEPT, _H_AUTH, _H_COOKIE, _H_CLEN, _H_TE, _H_UPGRADE, _H_DROP = range(9)
+(_H_PASS, _H_HOST, _H_ACCEPT, _H_AUTH, _H_COOKIE, _H_CLEN, _H_TE, _H_UPGRADE, _H_DROP,
+ _H_ORIGIN, _H_SFS, _H_SFM, _H_XFF, _H_XFP) = range(14)
+#: set by the proxy on requests it passes to the hub from an instance origin; never from a client
+ORIGIN_HEADER = b"X-LabHub-Origin"
 _H_KIND = {
     b"host": _H_HOST,
     b"accept": _H_ACCEPT,
@@ -24,10 +27,14 @@ _H_KIND = {
     b"proxy-connection": _H_DROP,
     b"te": _H_DROP,
     b"trailer": _H_DROP,
-    b"x-forwarded-for": _H_DROP,
-    b"x-forwarded-proto": _H_DROP,
+    b"x-forwarded-for": _H_XFF,     # believed only from trusted proxies
+    b"x-forwarded-proto": _H_XFP,
     b"x-forwarded-host": _H_DROP,
     b"forwarded": _H_DROP,
+    b"x-labhub-origin": _H_DROP,
+    b"origin": _H_ORIGIN,           # passed on, and checked on instance origins
+    b"sec-fetch-site": _H_SFS,
+    b"sec-fetch-mode": _H_SFM,
 }
 _COMMON = (b"User-Agent", b"Accept-Encoding", b"Accept-Language", b"Referer", b"Origin",
            b"Content-Type", b"Cache-Control", b"Pragma", b"X-XSRFToken", b"X-Requested-With",
@@ -55,6 +62,15 @@ class Exchange:
     accept: bytes | None = None
     authz: bytes | None = None
     cookie: bytes | None = None
+    origin: bytes | None = None
+    sfs: bytes | None = None      # Sec-Fetch-Site
+    sfm: bytes | None = None      # Sec-Fetch-Mode
+    xff: bytes | None = None      # X-Forwarded-For, as the client sent it
+    xfp: bytes | None = None      # X-Forwarded-Proto, as the client sent it
+    proto: bytes | None = None    # the scheme the browser used, when a trusted proxy said so
+    fwd = b""                     # X-Forwarded-* for upstream, when a trusted proxy sent them
+    origin_label: bytes | None = None  # for the hub: the instance origin this request came to
+    on_origin = False             # an instance route reached on its own origin
     clen: bytes | None = None
     upgrade_hdr: bytes | None = None
     chunked = False
@@ -93,8 +109,9 @@ def strip_cookies(cookie: bytes, names: tuple[bytes, ...]) -> bytes | None:
     return out or None
 
 
-def cookie_value(cookie: bytes, name_eq: bytes) -> bytes | None:
-    """Value of the cookie whose ``name=`` is ``name_eq`` (first one wins)."""
+def cookie_values(cookie: bytes, name_eq: bytes) -> list[bytes]:
+    """Every non-empty value of the cookies whose ``name=`` is ``name_eq``, in header order."""
+    found: list[bytes] = []
     i = cookie.find(name_eq)
     while i >= 0:
         if i == 0 or cookie[i - 1] in b" ;\t":
@@ -103,6 +120,7 @@ def cookie_value(cookie: bytes, name_eq: bytes) -> bytes | None:
             value = (cookie[start:] if end < 0 else cookie[start:end]).strip()
             if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
                 value = value[1:-1]
-            return value or None
+            if value:
+                found.append(value)
         i = cookie.find(name_eq, i + 1)
-    return None
+    return found

@@ -30,11 +30,17 @@ from .exchange import (
     _H_FAST,
     _H_HOST,
     _H_KIND,
+    _H_ORIGIN,
     _H_PASS,
+    _H_SFM,
+    _H_SFS,
     _H_TE,
     _H_UPGRADE,
+    _H_XFF,
+    _H_XFP,
+    ORIGIN_HEADER,
     Exchange,
-    cookie_value,
+    cookie_values,
     strip_cookies,
 )
 from .upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
@@ -56,6 +62,7 @@ LINGER_S = 2.0
 PENDING_MAX = 256 * 1024
 
 _NAVIGATION = (b"GET", b"HEAD")
+_SAFE = (b"GET", b"HEAD", b"OPTIONS")
 
 _now = time.monotonic
 _wall = time.time
@@ -99,8 +106,11 @@ class ClientProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
-        self.fwd = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % ip.encode()
-        self.s._clients.add(self)
+        s = self.s
+        self.peer = ip.encode()
+        self.trusted = s.trusts(ip)  # a reverse proxy whose X-Forwarded-* we believe
+        self.fwd = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (self.peer, s.scheme)
+        s._clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         up = self.tunnel
@@ -237,6 +247,19 @@ class ClientProtocol(asyncio.Protocol):
                 ex.chunked = True
         elif kind == _H_UPGRADE:
             ex.upgrade_hdr = value
+        elif kind == _H_ORIGIN:
+            ex.origin = value
+            ex.lines += (name, b": ", value, b"\r\n")
+        elif kind == _H_SFS:
+            ex.sfs = value
+            ex.lines += (name, b": ", value, b"\r\n")
+        elif kind == _H_SFM:
+            ex.sfm = value
+            ex.lines += (name, b": ", value, b"\r\n")
+        elif kind == _H_XFF:
+            ex.xff = value if ex.xff is None else ex.xff + b"," + value
+        elif kind == _H_XFP:
+            ex.xfp = value
 
     def on_headers_complete(self) -> None:
         ex = self.cur
@@ -302,11 +325,38 @@ class ClientProtocol(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         s = self.s
-        url = ex.url
         if ex.method == b"CONNECT":
             self._respond(ex, 405, "method not allowed")
             return
+        if self.trusted:
+            self._forwarded(ex)
+        suffix = s.apps_suffix
+        if suffix is not None:  # subdomain mode: instances on origins of their own, routed by Host
+            host = ex.host
+            if host is not None:
+                h = host.lower()
+                i = h.rfind(b":")
+                if i >= 0 and h[i + 1:].isdigit():
+                    h = h[:i]
+                if h[-1:] == b".":
+                    h = h[:-1]
+                if h.endswith(suffix):
+                    label = h[:-len(suffix)]
+                    if label and b"." not in label:
+                        self._start_origin(ex, label)
+                    else:
+                        self._respond(ex, 404, "no such instance")
+                    return
+                if h == s.apps_domain:
+                    # the instances' parent domain is never the hub's
+                    self._respond(ex, 302, location=s.hub_url + b"/")
+                    return
+            ex.key = s.hub_key
+            ex.head = self._head(ex, None)
+            self._forward(ex)
+            return
         route = None
+        url = ex.url
         if url.startswith(b"/user/"):
             parts = url.split(b"/", 4)
             if len(parts) == 5:
@@ -324,6 +374,26 @@ class ClientProtocol(asyncio.Protocol):
             ex.head = self._head(ex, None)
             self._forward(ex)
             return
+        self._check(ex, route, s.cookie_name_eq, "session")
+
+    def _start_origin(self, ex: Exchange, label: bytes) -> None:
+        """A request on an instance's own origin (``label`` is its host's first label)."""
+        s = self.s
+        route = s.routes.by_label(label)
+        if route is None or ex.url.startswith(b"/_labhub/"):
+            # Granting access (the single-use code) and "not running" are the hub's: it
+            # answers for this origin only what the X-LabHub-Origin header names.
+            ex.origin_label = label
+            ex.key = s.hub_key
+            ex.head = self._head(ex, None)
+            self._forward(ex)
+            return
+        ex.on_origin = True
+        self._check(ex, route, s.origin_cookie_eq, "origin")
+
+    def _check(self, ex: Exchange, route: Route, cookie_eq: bytes, cookie_kind: str) -> None:
+        """Authenticate the caller of ``route`` from a bearer token or the cookie named by ``cookie_eq``."""
+        s = self.s
         ex.route = route
         kind = secret = None
         a = ex.authz
@@ -340,9 +410,16 @@ class ClientProtocol(asyncio.Protocol):
                         if hmac.compare_digest(tok, route.token.encode()):
                             kind = secret = None
         if secret is None and ex.cookie is not None:
-            v = cookie_value(ex.cookie, s.cookie_name_eq)
-            if v is not None:
-                kind, secret = "session", v.decode("latin-1")
+            values = cookie_values(ex.cookie, cookie_eq)
+            if values:
+                kind = cookie_kind
+                if len(values) > 1:
+                    # Several cookies of that name (one tossed in from a sibling origin):
+                    # whichever the authenticator knows for this route decides.
+                    self.task = asyncio.get_running_loop().create_task(
+                        self._authenticate(ex, route, kind, [v.decode("latin-1") for v in values]))
+                    return
+                secret = values[0].decode("latin-1")
         if secret is None:
             self._authorized(ex, route, None)
             return
@@ -351,11 +428,34 @@ class ClientProtocol(asyncio.Protocol):
             self._authorized(ex, route, principal)
         else:
             self.task = asyncio.get_running_loop().create_task(
-                self._authenticate(ex, route, kind, secret))  # type: ignore[arg-type]
+                self._authenticate(ex, route, kind, [secret]))  # type: ignore[arg-type]
 
-    async def _authenticate(self, ex: Exchange, route: Route, kind: str, secret: str) -> None:
+    def _forwarded(self, ex: Exchange) -> None:
+        """From a trusted reverse proxy: the client is the last address it did not add itself."""
+        s = self.s
+        client = self.peer
+        if ex.xff is not None:
+            for item in reversed(ex.xff.split(b",")):
+                item = item.strip()
+                if item:
+                    client = item
+                    if not s.trusts(item.decode("latin-1")):
+                        break
+        proto = ex.xfp.strip().lower() if ex.xfp is not None else s.scheme
+        if proto not in (b"http", b"https"):
+            proto = s.scheme
+        ex.proto = proto
+        ex.fwd = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client, proto)
+
+    async def _authenticate(self, ex: Exchange, route: Route, kind: str, secrets: list[str]) -> None:
+        """The slow path: ask the authenticator; of several cookies of one name, the first that may use ``route``."""
+        found = None
         try:
-            principal = await self.s.auth.authenticate(kind, secret)
+            for secret in secrets[:8]:
+                principal = await self.s.auth.authenticate(kind, secret)
+                if principal is not None and (len(secrets) == 1 or principal.may_use(route)):
+                    found = principal
+                    break
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -366,24 +466,52 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.task = None
         if not self.closed and ex is self.active:
-            self._authorized(ex, route, principal)
+            self._authorized(ex, route, found)
 
     def _authorized(self, ex: Exchange, route: Route, principal: Principal | None) -> None:
+        s = self.s
         if principal is None:
             if ex.method in _NAVIGATION and responses.wants_html(ex.accept):
-                loc = b"%s?next=%s" % (self.s.login_path_b, quote(ex.url, safe="").encode())
+                if ex.on_origin:  # the hub grants access to this origin, then sends the browser back
+                    loc = b"%s/user/%s/%s%s" % (s.hub_url, quote(route.owner).encode(),
+                                                quote(route.name).encode(), ex.url)
+                else:
+                    loc = b"%s?next=%s" % (s.login_path_b, quote(ex.url, safe="").encode())
                 self._respond(ex, 302, location=loc)
             else:
                 self._respond(ex, 401, "authentication required", json_only=True,
                               extra=b"WWW-Authenticate: Bearer\r\n")
             return
         if not principal.may_use(route):
-            self._respond(ex, 403, "not your instance")
+            if principal.browser and principal.is_admin:
+                self._respond(ex, 403, "instances share the hub's origin here (path mode), so admins open other "
+                                       "users' instances with an API token, not in the browser")
+            else:
+                self._respond(ex, 403, "not your instance")
+            return
+        if (principal.instance_id is not None or principal.browser) and not self._same_origin(ex):
+            self._respond(ex, 403, "cross-origin request refused")
             return
         route.last_activity = _wall()
-        ex.key = (route.host, route.port)
+        ex.key = route.upstream_key
         ex.head = self._head(ex, route)
         self._forward(ex)
+
+    def _same_origin(self, ex: Exchange) -> bool:
+        """Whether a cookie-authenticated request may come from where the browser says it does.
+
+        Writes and WebSocket handshakes must carry no ``Origin`` or this origin's
+        own; other origins' pages (sibling instances share a site) may link here
+        (top-level navigations) but not fetch, embed or post.
+        """
+        if ex.upgrade or ex.method not in _SAFE:
+            o = ex.origin
+            if o is not None and (ex.host is None or o != b"%s://%s" % (ex.proto or self.s.scheme, ex.host)):
+                return False
+        sfs = ex.sfs
+        if sfs is not None and sfs != b"same-origin" and sfs != b"none" and ex.sfm != b"navigate":
+            return False
+        return True
 
     def _head(self, ex: Exchange, route: Route | None) -> bytes:
         """The request head for upstream: hop-by-hop headers replaced, and for
@@ -394,13 +522,15 @@ class ClientProtocol(asyncio.Protocol):
         if route is None:
             if ex.authz is not None:
                 parts += (b"Authorization: ", ex.authz, b"\r\n")
+            if ex.origin_label is not None:
+                parts += (ORIGIN_HEADER, b": ", ex.origin_label, b"\r\n")
         else:
             parts += (b"Authorization: token ", route.token.encode(), b"\r\n")
             if cookie is not None:
                 cookie = strip_cookies(cookie, self.s.strip_cookies_b)
         if cookie is not None:
             parts += (b"Cookie: ", cookie, b"\r\n")
-        parts.append(self.fwd)
+        parts.append(ex.fwd or self.fwd)
         if ex.host is not None:
             parts += (b"X-Forwarded-Host: ", ex.host, b"\r\n")
         elif route is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one

@@ -14,6 +14,7 @@ REASONS: dict[int, bytes] = {
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
+    404: b"Not Found",
     405: b"Method Not Allowed",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",

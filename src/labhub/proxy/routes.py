@@ -14,26 +14,47 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+#: token scopes that may use instances
+USE_SCOPES = frozenset({"*", "instances", "admin"})
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller."""
+    """An authenticated caller.
+
+    ``instance_id`` is set for an instance origin's own cookie: it opens that one
+    instance and nothing else.  ``browser`` marks the hub's session cookie: in
+    path mode (instances on the hub's origin) it opens only the caller's own
+    instances, so that an admin's browser never runs another user's pages with
+    the admin's session.
+    """
 
     user_id: int
     username: str
     is_admin: bool
     scopes: frozenset[str] = frozenset({"*"})
+    instance_id: str | None = None
+    browser: bool = False
 
     def may_use(self, route: Route) -> bool:
-        """Owner or admin; the token must carry an instance-using scope."""
-        if not (self.scopes & {"*", "instances", "admin"}):
+        """Owner, or admin (not through the browser on the hub's origin); the token must carry an instance-using scope."""
+        if not (self.scopes & USE_SCOPES):
             return False
-        return self.user_id == route.owner_id or self.is_admin
+        if self.instance_id is not None:
+            return self.instance_id == route.instance_id
+        if self.user_id == route.owner_id:
+            return True
+        return self.is_admin and not self.browser
 
 
 @dataclass(slots=True)
 class Route:
-    """Where ``/user/{owner}/{name}/`` goes upstream."""
+    """Where one running instance's requests go upstream.
+
+    ``label`` is the first DNS label of the instance's own origin
+    (``<label>.<apps domain>``); ``socket`` a Unix socket path when the instance
+    listens on one (then ``host``/``port`` are unused).
+    """
 
     instance_id: str
     owner_id: int
@@ -43,31 +64,60 @@ class Route:
     port: int
     token: str  # the instance's own secret, injected upstream
     last_activity: float = field(default=0.0)  # time.time() of last request
+    label: str = ""
+    socket: str | None = None
 
     @property
     def prefix(self) -> str:
         return f"/user/{self.owner}/{self.name}/"
 
+    @property
+    def upstream_key(self) -> str | tuple[str, int]:
+        """What the proxy connects to: a Unix socket path or ``(host, port)``."""
+        return self.socket if self.socket is not None else (self.host, self.port)
+
 
 class RouteTable:
-    """Instance routes keyed by ``(owner, name)``; safe to use from one event loop."""
+    """Instance routes keyed by ``(owner, name)`` and by origin label; safe to use from one event loop."""
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
+        self._labels: dict[bytes, Route] = {}
 
     def add(self, route: Route) -> None:
+        """Add or replace the route of ``(owner, name)``.
+
+        Raises ValueError if its label is another instance's: labels are
+        injective by construction, and a second owner must never take one over.
+        """
+        key = route.label.encode()
+        holder = self._labels.get(key) if key else None
+        if holder is not None and (holder.owner, holder.name) != (route.owner, route.name):
+            raise ValueError(f"origin label {route.label!r} already belongs to {holder.owner}/{holder.name}")
+        old = self._routes.get((route.owner, route.name))
+        if old is not None and old.label:
+            self._labels.pop(old.label.encode(), None)
         self._routes[(route.owner, route.name)] = route
+        if key:
+            self._labels[key] = route
 
     def remove(self, owner: str, name: str) -> Route | None:
-        return self._routes.pop((owner, name), None)
+        route = self._routes.pop((owner, name), None)
+        if route is not None and route.label:
+            self._labels.pop(route.label.encode(), None)
+        return route
 
     def remove_instance(self, instance_id: str) -> None:
         for key, route in list(self._routes.items()):
             if route.instance_id == instance_id:
-                del self._routes[key]
+                self.remove(*key)
 
     def get(self, owner: str, name: str) -> Route | None:
         return self._routes.get((owner, name))
+
+    def by_label(self, label: bytes) -> Route | None:
+        """The route of the instance whose origin starts with ``label`` (lower-case bytes)."""
+        return self._labels.get(label)
 
     def all(self) -> list[Route]:
         return list(self._routes.values())
@@ -77,7 +127,7 @@ class RouteTable:
 
 
 Lookup = Callable[[str, str], Awaitable[Principal | None]]
-"""``lookup(kind, secret)`` with kind ``"session"`` or ``"token"``: the slow path."""
+"""``lookup(kind, secret)`` with kind ``"session"``, ``"token"`` or ``"origin"``: the slow path."""
 
 
 class Authenticator:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .http import ClientProtocol
@@ -38,12 +40,28 @@ class ProxyServer:
     ``hub_upstream`` is a unix socket path or a ``(host, port)`` pair.  The
     server runs in the caller's event loop (uvloop in production; any asyncio
     loop works).
+
+    With ``apps_domain`` set (subdomain mode) every instance is served on its
+    own origin, ``<label>.<apps_domain>``, routed by the ``Host`` header and
+    authenticated by that origin's own cookie (``origin_cookie``) or a bearer
+    token; ``/user/...`` on the hub's origin is then the hub's.  Without it
+    (path mode) instances are served at ``/user/<owner>/<name>/`` on the hub's
+    origin, authenticated by the hub's session cookie or a token.
+    ``hub_url`` (``scheme://host[:port]``) is where browsers are sent to be
+    granted access; :meth:`start` fills it in from the bound port if empty.
+    ``trusted_proxies`` (addresses or networks) are reverse proxies whose
+    ``X-Forwarded-For``/``-Proto`` are believed; from anyone else they are replaced.
     """
 
     def __init__(self, *, routes: RouteTable, auth: Authenticator,
                  hub_upstream: str | tuple[str, int],
                  session_cookie: str = "labhub_session",
-                 strip_cookies: tuple[str, ...] = ("labhub_session", "labhub_csrf"),
+                 strip_cookies: tuple[str, ...] = ("labhub_session", "labhub_csrf", "labhub_origin"),
+                 apps_domain: str | None = None,
+                 origin_cookie: str = "labhub_origin",
+                 hub_url: str = "",
+                 trusted_proxies: Sequence[str] = (),
+                 scheme: str = "http",
                  login_path: str = "/login",
                  max_header_bytes: int = 64 * 1024,
                  upstream_connect_timeout: float = 10.0,
@@ -59,6 +77,13 @@ class ProxyServer:
             self.hub_key = (host, int(port))
         self.session_cookie = session_cookie
         self.cookie_name_eq = session_cookie.encode() + b"="
+        self.apps_domain = apps_domain.lower().encode() if apps_domain else b""
+        self.apps_suffix: bytes | None = b"." + self.apps_domain if apps_domain else None
+        self.origin_cookie_eq = origin_cookie.encode() + b"="
+        self.hub_url = hub_url.rstrip("/").encode()
+        self.scheme = scheme.encode()
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+        self._trust_cache: dict[str, bool] = {}
         self.strip_cookies_b = tuple(n.encode() for n in strip_cookies)
         self.login_path = login_path
         self.login_path_b = login_path.encode()
@@ -88,12 +113,33 @@ class ProxyServer:
         self._server = await loop.create_server(
             lambda: ClientProtocol(self), host, port, backlog=2048, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
+        if not self.hub_url:
+            shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+            shown = f"[{shown}]" if ":" in shown else shown
+            self.hub_url = f"{self.scheme.decode()}://{shown}:{self._port}".encode()
         self._sweeper = loop.create_task(self._sweep())
         log.info("proxy listening on %s:%s, hub at %s", host, self._port, self.hub_key)
 
     @property
     def port(self) -> int:
         return self._port
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` is one of the trusted reverse proxies."""
+        if not self._trusted:
+            return False
+        known = self._trust_cache.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in net for net in self._trusted)
+            if len(self._trust_cache) > 4096:
+                self._trust_cache.clear()
+            self._trust_cache[address] = known
+        return known
 
     async def close(self) -> None:
         """Stop listening; close client and upstream connections."""

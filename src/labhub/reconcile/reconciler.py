@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
+from sqlalchemy.orm.exc import StaleDataError
 
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
+from labhub.backends.local_isolation import group_name
 from labhub.models import ACTIVE, Instance, Status
+from labhub.services import accounts
 from labhub.services.errors import Conflict, Invalid, NotFound
 from labhub.services.instances import build_spec, request_stop
 from labhub.services.lifecycle import FINAL_FOR_STOP_REASON, can_transition, note, transition
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 LOG_TAIL_IN_EVENTS = 20
 CALL_HOME_STATUSES = frozenset({Status.REQUESTED, Status.QUEUED, Status.STARTING, Status.RUNNING, Status.UNKNOWN})
 ORPHAN_SCAN_EVERY = 12  # ticks
+LISTEN_POLL_S = 0.02  # how often a started instance is looked at until it listens
 
 
 class Reconciler:
@@ -59,12 +63,13 @@ class Reconciler:
 
     async def stop(self) -> None:
         """Stop reconciling (the instances themselves keep running)."""
-        tasks = [t for t in [self._loop, *self._tasks.values()] if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        pending = {t for t in [self._loop, *self._tasks.values()] if t is not None}
+        while pending:
+            # Cancel again until they end: on Python 3.11 asyncio.wait_for() loses a
+            # cancellation that arrives just as the awaitable it wraps finishes.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._loop = None
         self._tasks.clear()
         with contextlib.suppress(Exception):
@@ -88,7 +93,8 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: it can swallow a cancel (3.11)
+                    await self._wake.wait()
             self._wake.clear()
 
     async def settle(self) -> None:
@@ -140,7 +146,7 @@ class Reconciler:
     # -- starting ------------------------------------------------------------------
     async def _start(self, instance_id: str) -> None:
         hub = self.hub
-        async with hub.sessions() as session:
+        async with hub.tx() as session:
             inst = await session.get(Instance, instance_id)
             if inst is None or inst.status not in (Status.REQUESTED, Status.QUEUED, Status.STARTING):
                 return
@@ -149,8 +155,13 @@ class Reconciler:
             backend = hub.backends.get(inst.backend)
             template = hub.catalog.get(inst.template)
             spec = None
-            if template is not None:
-                spec = build_spec(inst, template, owner=owner, token=hub.instance_token(inst.id), home=hub.home_for(owner))
+            if template is not None and backend is not None:
+                prefix = hub.settings.account_prefix
+                account = await accounts.assign(session, user=inst.owner, prefix=prefix,
+                                                reserved=frozenset({group_name(prefix)}))
+                spec = build_spec(inst, template, owner=owner, token=hub.instance_token(inst.id),
+                                  home=hub.home_for(owner), base_url=hub.base_path(owner, inst.name),
+                                  backend=backend, account=account)
             ready_path = template.ready_path if template else None
             timeout = (template.start_timeout if template and template.start_timeout else None) or hub.settings.start_timeout
             deadline = inst.start_deadline
@@ -169,17 +180,18 @@ class Reconciler:
                 return
             deadline = hub.clock() + dt.timedelta(seconds=timeout)
             async with hub.tx() as session:
-                inst = await session.get(Instance, instance_id)
-                if inst is None:
-                    await backend.terminate(handle, grace=0)
-                    return
-                inst.handle = handle
-                inst.start_deadline = deadline
-                if inst.status == Status.REQUESTED:
-                    transition(session, inst, Status.STARTING, reason="submitted",
-                               message=f"started on the {backend.name} backend{_describe(handle)}", now=hub.clock())
-                elif inst.status == Status.STOPPING:
-                    return
+                # The handle is recorded whatever the status became meanwhile (a stop needs it);
+                # a plain UPDATE, not the ORM's, whose status check would refuse it after a stop.
+                found = await session.execute(update(Instance).where(Instance.id == instance_id)
+                                              .values(handle=handle, start_deadline=deadline))
+            if found.rowcount == 0:  # deleted meanwhile
+                await backend.terminate(handle, grace=0)
+                return
+            status = await self._apply(instance_id, Status.STARTING, "submitted",
+                                       f"started on the {backend.name} backend{_describe(handle)}",
+                                       only_from=Status.REQUESTED)
+            if status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
+                return  # a stop (or something else) came first: the next pass deals with it
         assert deadline is not None
         await self._watch_start(instance_id, backend, handle, spec.base_url, spec.token, ready_path, deadline, timeout)
 
@@ -193,8 +205,10 @@ class Reconciler:
             obs = await backend.observe(instance_id, handle)
             if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
                 message = obs.message or f"exited ({obs.phase})"
+                tail = await self._log_tail(backend, handle)
+                await self._release(backend, instance_id, handle)
                 await self._apply(instance_id, Status.FAILED, obs.reason or "start_failed",
-                                  f"failed to start: {message}" + await self._log_tail(backend, handle))
+                                  f"failed to start: {message}" + tail)
                 return
             if obs.phase == Phase.PENDING and obs.message != pending_reported:
                 pending_reported = obs.message
@@ -211,6 +225,10 @@ class Reconciler:
                     await self._became_ready(instance_id, obs.url, took)
                     return
                 waited = True
+            elif obs.phase == Phase.RUNNING and ready_path is None:
+                # alive is ready (a job, or a template that listens nowhere); a URL may follow
+                await self._became_ready(instance_id, None, time.monotonic() - started)
+                return
             if self.hub.clock() >= deadline:
                 message = f"did not become ready within {timeout:g} s"
                 if obs.message:
@@ -225,14 +243,18 @@ class Reconciler:
                 if await self._status(instance_id) not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
                     return  # a stop was requested; the next pass stops it
             if not waited:
-                await self._nap(instance_id, delay)
+                # Alive but not listening yet (no URL until the backend has seen its listener): look
+                # again soon, as the connect polls do, rather than after a growing back-off.
+                alive = obs.phase == Phase.RUNNING and not obs.url
+                await self._nap(instance_id, min(delay, LISTEN_POLL_S) if alive else delay)
             delay = min(delay * 1.5, 0.25)
 
     async def _nap(self, instance_id: str, delay: float) -> None:
         """Sleep ``delay`` s, or less if the instance calls home meanwhile (see :meth:`call_home`)."""
         woken = self._naps.setdefault(instance_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), delay)
+            async with asyncio.timeout(delay):
+                await woken.wait()
         self._naps.pop(instance_id, None)
 
     async def _probe(self, url: str, base_url: str, ready_path: str | None, token: str, wait: float = 0.0) -> bool:
@@ -243,15 +265,18 @@ class Reconciler:
         status = await _http_status(url, f"{base_url}{ready_path}", token)
         return status is not None and status < 500 and status not in (404, 401, 403)
 
-    async def _became_ready(self, instance_id: str, url: str, took: float) -> None:
-        async with self.hub.tx() as session:
-            inst = await session.get(Instance, instance_id)
-            if inst is None or inst.status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
-                return
-            inst.upstream = url
-            transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s",
-                       now=self.hub.clock())
-            route = self.hub.route_for(inst)
+    async def _became_ready(self, instance_id: str, url: str | None, took: float) -> None:
+        try:
+            async with self.hub.tx() as session:
+                inst = await session.get(Instance, instance_id)
+                if inst is None or inst.status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
+                    return
+                inst.upstream = url
+                transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s",
+                           now=self.hub.clock())
+                route = self.hub.route_for(inst)
+        except StaleDataError:
+            return  # stopped while it became ready: the stop stands
         if route is not None:
             self.hub.routes.add(route)
 
@@ -280,7 +305,7 @@ class Reconciler:
         async with self.hub.tx() as session:
             inst = await session.get(Instance, instance_id)
             if inst is not None and inst.handle == handle:
-                inst.handle = updated
+                await session.execute(update(Instance).where(Instance.id == instance_id).values(handle=updated))
                 note(session, inst, reason="called_home", message=f"the instance reported its address "
                      f"{updated.get('url', '')}", now=self.hub.clock())
         if (nap := self._naps.get(instance_id)) is not None:
@@ -301,6 +326,7 @@ class Reconciler:
             if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
                 self.hub.routes.remove_instance(iid)
                 tail = await self._log_tail(backend, handles[iid])
+                await self._release(backend, iid, handles[iid])
                 if obs.phase == Phase.SUCCEEDED and inst.kind == "job":
                     await self._apply(iid, Status.SUCCEEDED, "exited", "finished successfully" + tail)
                 elif obs.phase == Phase.SUCCEEDED:
@@ -313,20 +339,24 @@ class Reconciler:
             elif obs.phase in (Phase.RUNNING, Phase.STARTING) and inst.status == Status.UNKNOWN:
                 await self._apply(iid, Status.RUNNING, "recovered", f"{backend.name} backend reachable again")
             if obs.phase == Phase.RUNNING and obs.url and obs.url != inst.upstream:
+                route = None
                 async with self.hub.tx() as session:
+                    await session.execute(update(Instance).where(Instance.id == iid).values(upstream=obs.url))
                     row = await session.get(Instance, iid)
-                    if row is not None:
-                        row.upstream = obs.url
+                    if row is not None and row.status in (Status.RUNNING, Status.UNKNOWN):
                         route = self.hub.route_for(row)
                 if route is not None:
                     self.hub.routes.add(route)
 
     # -- stopping -----------------------------------------------------------------------
     async def _request_stop(self, instance_id: str, reason: str) -> None:
-        async with self.hub.tx() as session:
-            inst = await session.get(Instance, instance_id)
-            if inst is not None:
-                request_stop(session, inst, actor=None, reason=reason)
+        try:
+            async with self.hub.tx() as session:
+                inst = await session.get(Instance, instance_id)
+                if inst is not None:
+                    request_stop(session, inst, actor=None, reason=reason)
+        except StaleDataError:
+            pass  # it changed meanwhile (stopped already?): the pass that follows looks again
         self._spawn(instance_id, self._stop(instance_id))
 
     async def _stop(self, instance_id: str) -> None:
@@ -405,17 +435,41 @@ class Reconciler:
                     self.hub.routes.add(route)
 
     # -- helpers ------------------------------------------------------------------------------
-    async def _apply(self, instance_id: str, to: Status, reason: str, message: str) -> None:
-        async with self.hub.tx() as session:
-            inst = await session.get(Instance, instance_id)
-            if inst is None or inst.status == to:
-                return
-            if not can_transition(inst.status, to):
-                log.info("instance %s: not moving %s -> %s (%s)", instance_id, inst.status, to, reason)
-                return
-            transition(session, inst, to, reason=reason, message=message, now=self.hub.clock())
+    async def _apply(self, instance_id: str, to: Status, reason: str, message: str, *,
+                     only_from: Status | None = None) -> str | None:
+        """Move the instance to ``to`` if it may go there (from ``only_from``, if given); returns
+        the status it has afterwards (None: it no longer exists).
+
+        The move is a compare-and-set (the ORM updates the row only if its status is still the one
+        read): if another request moved it meanwhile (a stop), that move stands and this one is dropped.
+        """
+        try:
+            async with self.hub.tx() as session:
+                inst = await session.get(Instance, instance_id)
+                if inst is None:
+                    return None
+                current = inst.status
+                if current == to:
+                    return current
+                if (only_from is not None and current != only_from) or not can_transition(current, to):
+                    log.info("instance %s: not moving %s -> %s (%s)", instance_id, current, to, reason)
+                    return current
+                transition(session, inst, to, reason=reason, message=message, now=self.hub.clock())
+        except StaleDataError:
+            log.info("instance %s: changed while moving it to %s (%s); the other change stands", instance_id,
+                     to, reason)
+            return await self._status(instance_id)
         if to not in (Status.RUNNING, Status.UNKNOWN):
             self.hub.routes.remove_instance(instance_id)
+        return to
+
+    async def _release(self, backend: Backend, instance_id: str, handle: Handle) -> None:
+        """The instance's main process ended: whatever it left behind (processes that escaped
+        into their own session, its cgroups, a job step) is ended too."""
+        try:
+            await backend.terminate(handle, grace=0)
+        except BackendError as exc:
+            log.warning("instance %s: cleaning up after it ended failed: %s", instance_id, exc)
 
     async def _status(self, instance_id: str) -> str | None:
         async with self.hub.sessions() as session:
@@ -429,17 +483,25 @@ class Reconciler:
         return ("\n--- last log lines ---\n" + "\n".join(lines)) if lines else ""
 
 
+def _open(url: str) -> Coroutine[Any, Any, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection to an upstream URL: ``http://host:port`` or ``unix:/path``."""
+    if url.startswith("unix:"):
+        return asyncio.open_unix_connection(url.removeprefix("unix:"))
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    return asyncio.open_connection(host, port)
+
+
 async def _listening(url: str, wait: float) -> bool:
-    """Whether ``url``'s port accepts connections, trying every 10 ms for up to ``wait`` s.
+    """Whether ``url`` accepts connections, trying every 10 ms for up to ``wait`` s.
 
     A refused connect costs tens of microseconds; an HTTP client's failed request, a
     millisecond: so the readiness probe only runs once something listens."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
     deadline = time.monotonic() + wait
     while True:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+            async with asyncio.timeout(1.0):
+                _, writer = await _open(url)
         except (OSError, TimeoutError):
             if time.monotonic() >= deadline:
                 return False
@@ -455,12 +517,12 @@ async def _http_status(url: str, path: str, token: str, timeout: float = 5.0) ->
     One small request on its own connection: the hub does not need a general HTTP
     client for this (httpx would cost the hub several MiB and a slower start)."""
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host = f"{parts.hostname}:{parts.port or 80}" if parts.hostname else "localhost"
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await _open(url)
             try:
-                writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: token {token}\r\n"
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: token {token}\r\n"
                              f"Connection: close\r\n\r\n".encode())
                 line = await reader.readline()
             finally:

@@ -56,8 +56,11 @@ async def session_owner(session: AsyncSession, *, secret: str) -> User | None:
     return row.user
 
 
-async def end_session(session: AsyncSession, *, secret: str) -> None:
+async def end_session(session: AsyncSession, *, secret: str) -> User | None:
+    """Log out one session (and the instance origins it opened); returns whose it was."""
+    row = await session.get(LoginSession, security.digest(secret))
     await session.execute(delete(LoginSession).where(LoginSession.id == security.digest(secret)))
+    return row.user if row is not None else None
 
 
 async def end_sessions(session: AsyncSession, *, user: User) -> None:

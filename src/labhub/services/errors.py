@@ -4,14 +4,16 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base class.  ``fields`` maps form/JSON field names to messages."""
+    """Base class.  ``fields`` maps form/JSON field names to messages; ``headers`` go into the answer."""
 
     status = 400
 
-    def __init__(self, message: str, *, fields: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, fields: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields or {}
+        self.headers = headers or {}
 
 
 class Invalid(ServiceError):
@@ -28,3 +30,9 @@ class Forbidden(ServiceError):
 
 class Conflict(ServiceError):
     status = 409
+
+
+class Unavailable(ServiceError):
+    """Something the hub depends on (a backend) cannot be reached now; worth retrying later."""
+
+    status = 503

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from labhub.backends.base import Backend, LaunchSpec, Resources
+from labhub.backends.base import Backend, Capability, LaunchSpec, Resources
 from labhub.catalog import Catalog, Template
 from labhub.catalog.schema import NAME_RE
 from labhub.models import ACTIVE, Event, Instance, Status, User, utcnow
@@ -20,7 +20,7 @@ from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
 from labhub.services.lifecycle import can_transition, record_event, transition
 from labhub.settings import Size
 
-NAME_RULE = "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+NAME_RULE = "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-', without '--'"
 
 
 def template_allowed(template: Template, *, user: User, groups: set[str]) -> bool:
@@ -40,10 +40,17 @@ def resolve_backend(template: Template, requested: str | None, enabled: Mapping[
 
 
 def build_spec(
-    instance: Instance, template: Template, *, owner: str, token: str, home: Path | None
+    instance: Instance, template: Template, *, owner: str, token: str, home: Path | None, base_url: str,
+    backend: Backend, account: str | None = None,
 ) -> LaunchSpec:
-    """The backend's view of an instance (pure)."""
-    command, env = template.render(instance.params or {})
+    """The backend's view of an instance (pure).
+
+    ``base_url`` is the path the instance is served under on its origin;
+    ``backend`` decides how it is told where to listen (a Unix socket where the
+    backend offers one and the template can use it).
+    """
+    unix = Capability.UNIX_SOCKET in backend.capabilities
+    command, env = template.render(instance.params or {}, unix_socket=unix)
     env = {**env, "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token, "JUPYTER_TOKEN": token}
     return LaunchSpec(
         instance_id=instance.id,
@@ -53,10 +60,11 @@ def build_spec(
         command=command,
         env=env,
         resources=Resources(cpus=instance.cpus, memory_mb=instance.memory_mb, gpus=instance.gpus),
-        base_url=f"/user/{owner}/{instance.name}/",
+        base_url=base_url,
         token=token,
         time_limit_s=max(60, int(instance.hours * 3600)),
         home=str(home) if home is not None else None,
+        account=account,
         options={"slurm": template.slurm.model_dump(exclude_none=True)} if template.slurm else {},
     )
 
@@ -86,8 +94,8 @@ async def launch(
     tpl = catalog.get(template)
     if tpl is None or not template_allowed(tpl, user=user, groups=groups or set()):
         raise Invalid("unknown template", fields={"template": f"no template named {template!r}"})
-    if not NAME_RE.match(name or ""):
-        errors["name"] = NAME_RULE
+    if not NAME_RE.match(name or "") or "--" in name:
+        errors["name"] = NAME_RULE  # '--' separates the instance from its owner in its origin's name
     size = size or tpl.default_size or next(iter(tpl.sizes or sizes))
     allowed_sizes = [s for s in (tpl.sizes or list(sizes)) if s in sizes]
     if size not in allowed_sizes:
@@ -125,7 +133,8 @@ async def launch(
         expires_at=now + dt.timedelta(hours=hours),
     )
     instance.owner = user
-    spec = build_spec(instance, tpl, owner=user.name, token="-", home=None)
+    spec = build_spec(instance, tpl, owner=user.name, token="-", home=None, base_url="/",  # noqa: S106
+                      backend=backends[backend_name])
     if refused := backends[backend_name].unsupported(spec):
         raise Invalid("the backend cannot run this request", fields=refused)
     existing = await session.execute(

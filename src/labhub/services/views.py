@@ -7,6 +7,7 @@ not; no FastAPI, no network calls.  Functions take keyword-only arguments.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,7 +131,7 @@ async def active_names(session: AsyncSession, *, user: User) -> set[str]:
 
 def suggest_name(template: str, taken: set[str]) -> str:
     """``<template>-<n>`` with the smallest n not taken (always a valid name)."""
-    base = template[:56].rstrip("-") or "instance"
+    base = re.sub(r"-{2,}", "-", template[:56]).rstrip("-") or "instance"
     n = 1
     while f"{base}-{n}" in taken:
         n += 1

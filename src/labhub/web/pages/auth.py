@@ -16,12 +16,12 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from labhub.api.deps import SESSION_COOKIE, HubDep, SessionDep
+from labhub.api.deps import HubDep, SessionDep
 from labhub.hub import Hub
 from labhub.models import User
 from labhub.services import credentials, security, users
 from labhub.services.errors import ServiceError
-from labhub.web.pages.common import check_csrf, cookie_secure, error_page, render, safe_next
+from labhub.web.pages.common import check_csrf, error_page, render, safe_next
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,6 +34,10 @@ def login_hooks(request: Request) -> dict[str, Any]:
 
 @router.get("/login")
 async def login_form(request: Request, hub: HubDep, next: str = "/") -> Response:  # noqa: A002
+    if hub.setup_token is not None:  # only until the first admin: then the token is gone for good
+        async with hub.sessions() as session:
+            if await users.count_admins(session):
+                hub.setup_token = None
     return render(request, "login.html", next=safe_next(next), setup_needed=hub.setup_token is not None,
                   **login_hooks(request))
 
@@ -54,7 +58,7 @@ async def login(
 
 async def start_session(request: Request, hub: Hub, session: AsyncSession, user: User, target: str) -> Response:
     """Log ``user`` in (a fresh session id) and redirect to ``target``."""
-    old = request.cookies.get(SESSION_COOKIE)
+    old = request.cookies.get(hub.cookies.session)
     if old:  # rotate: a session id known before login never becomes a logged-in one
         await credentials.end_session(session, secret=old)
         hub.auth.invalidate("session", old)
@@ -63,7 +67,7 @@ async def start_session(request: Request, hub: Hub, session: AsyncSession, user:
         address=request.client.host if request.client else "",
     )
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="lax", secure=cookie_secure(request, hub),
+    response.set_cookie(hub.cookies.session, secret, httponly=True, samesite="lax", secure=hub.cookies.secure,
                         max_age=int(hub.settings.session_hours * 3600), path="/")
     return response
 
@@ -72,12 +76,14 @@ async def start_session(request: Request, hub: Hub, session: AsyncSession, user:
 async def logout(request: Request, hub: HubDep, session: SessionDep,
                  csrf_token: Annotated[str, Form()] = "") -> Response:
     check_csrf(request, csrf_token)
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = request.cookies.get(hub.cookies.session)
     if cookie:
-        await credentials.end_session(session, secret=cookie)
+        user = await credentials.end_session(session, secret=cookie)
         hub.auth.invalidate("session", cookie)
+        if user is not None:  # its instance origins' cookies end with it (their grants cascade)
+            hub.auth.invalidate_user(user.id)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(hub.cookies.session, path="/", secure=hub.cookies.secure, httponly=True)
     return response
 
 
@@ -88,7 +94,11 @@ async def pending(request: Request) -> Response:
 
 
 @router.get("/setup")
-async def setup_form(request: Request, hub: HubDep, token: str = "") -> Response:
+async def setup_form(request: Request, hub: HubDep, session: SessionDep, token: str = "") -> Response:
+    # The link dies the moment any admin exists, however it was made (`labhub user add --admin` in
+    # another process, the API, OIDC): ask the database, not only this process's memory.
+    if hub.setup_token is not None and await users.count_admins(session):
+        hub.setup_token = None
     if hub.setup_token is None or not security.same(token, hub.setup_token):
         return error_page(request, 404, "This setup link is not valid (it works once, until the first admin exists).")
     return render(request, "setup.html", token=token)
@@ -101,11 +111,15 @@ async def setup(
     password: Annotated[str, Form(max_length=1024)] = "", csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     check_csrf(request, csrf_token)
-    if hub.setup_token is None or not security.same(token, hub.setup_token):
+    if hub.setup_token is not None and await users.count_admins(session):
+        hub.setup_token = None
+    expected = hub.setup_token
+    if expected is None or not security.same(token, expected):
         return error_page(request, 404, "This setup link is not valid any more.")
+    hub.setup_token = None  # claimed before the next await: two posts at once make one admin, not two
     try:
         user = await users.create_user(session, name=username.strip().lower(), password=password, admin=True)
     except ServiceError as exc:
+        hub.setup_token = expected  # a refused form does not use the link up
         return render(request, "setup.html", status=422, token=token, username=username, fields=exc.fields)
-    hub.setup_token = None
     return await start_session(request, hub, session, user, "/")

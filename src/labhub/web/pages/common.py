@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,9 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
 from labhub import __version__
-from labhub.api.deps import CSRF_COOKIE, SESSION_COOKIE, HubDep, SessionDep
+from labhub.api.deps import HubDep, SessionDep, csrf_token, csrf_valid
 from labhub.hub import Hub
 from labhub.models import TERMINAL, User
-from labhub.services import security
 from labhub.services.errors import Forbidden
 from labhub.services.views import relative
 
@@ -41,21 +39,19 @@ HINTS = {
 
 
 def cookie_secure(request: Request, hub: Hub) -> bool:
-    mode = hub.settings.cookie_secure
-    if mode != "auto":
-        return mode == "always"
-    return request.url.scheme == "https" or (hub.settings.public_url or "").startswith("https://")
+    """Whether cookies are Secure (and ``__Host-`` prefixed): settled by the settings at start."""
+    return hub.cookies.secure
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """A page from ``templates/``; sets the CSRF cookie when missing and the security headers."""
+    """A page from ``templates/`` with the session's CSRF token and the security headers."""
     hub: Hub = request.app.state.hub
-    csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-    base = {"csrf_token": csrf, "version": __version__, "user": getattr(request.state, "user", None),
+    token, nonce = csrf_token(request, hub)
+    base = {"csrf_token": token, "version": __version__, "user": getattr(request.state, "user", None),
             "now": hub.clock(), "section": ""}
     response = templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
-    if request.cookies.get(CSRF_COOKIE) != csrf:
-        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=cookie_secure(request, hub),
+    if nonce is not None:  # before login the token is bound to this nonce
+        response.set_cookie(hub.cookies.csrf, nonce, httponly=True, samesite="strict", secure=hub.cookies.secure,
                             path="/")
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = CSP
@@ -76,9 +72,8 @@ def login_redirect(request: Request) -> RedirectResponse:
 
 
 def check_csrf(request: Request, token: str | None) -> None:
-    """Double-submit check: the form's ``csrf_token`` must equal the CSRF cookie."""
-    expected = request.cookies.get(CSRF_COOKIE, "")
-    if not token or not expected or not security.same(token, expected):
+    """A form post must come from the hub's own origin with the session's ``csrf_token``."""
+    if not csrf_valid(request, request.app.state.hub, token):
         raise HTTPException(403, "the form expired or came from another site; reload the page and try again")
 
 
@@ -101,7 +96,7 @@ class Viewer:
 
 async def page_user(request: Request, hub: HubDep, session: SessionDep) -> User:
     """The logged-in, active user (401, which pages turn into the login redirect, otherwise)."""
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = request.cookies.get(hub.cookies.session)
     principal = await hub.auth.authenticate("session", cookie) if cookie else None
     user = await hub.active_user(session, principal.user_id) if principal else None
     if user is None:

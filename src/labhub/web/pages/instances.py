@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,11 +12,11 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from labhub.api.deps import SESSION_COOKIE, HubDep, SessionDep
+from labhub.api.deps import HubDep, SessionDep
 from labhub.hub import Hub
 from labhub.models import Event, Instance, Status, User
 from labhub.services import instances as svc
-from labhub.services import users, views
+from labhub.services import origins, users, views
 from labhub.services.errors import Forbidden
 from labhub.web.pages.common import PageUser, Viewer, check_csrf, render, safe_next
 
@@ -57,7 +58,7 @@ async def details(instance_id: str, request: Request, user: PageUser, session: S
     inst, events = await _with_events(session, user, instance_id)
     return render(request, "instance.html", section="admin" if inst.owner_id != user.id else "home", inst=inst,
                   events=events, after=events[-1].id if events else 0, tpl=hub.catalog.get(inst.template),
-                  explanation=views.explain_end(inst, events=events))
+                  explanation=views.explain_end(inst, events=events), address=hub.instance_url(inst))
 
 
 @router.post("/instances/{instance_id}/stop")
@@ -127,7 +128,7 @@ def _sse(event: dict) -> bytes:
     return f"id: {event['id']}\nevent: status\ndata: {json.dumps(payload)}\n\n".encode()
 
 
-# -- /user/... when the proxy has no route --------------------------------------------------------------
+# -- /user/... on the hub's origin --------------------------------------------------------------------
 @router.get("/user/{owner}/{name}")
 async def add_slash(owner: str, name: str, request: Request) -> Response:
     query = f"?{request.url.query}" if request.url.query else ""
@@ -135,9 +136,16 @@ async def add_slash(owner: str, name: str, request: Request) -> Response:
 
 
 @router.api_route("/user/{owner}/{name}/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
-async def not_running(owner: str, name: str, path: str, request: Request, hub: HubDep, session: SessionDep) -> Response:
-    """Reached only when the proxy has no route: the instance is not (yet) running."""
-    cookie = request.cookies.get(SESSION_COOKIE)
+async def user_path(owner: str, name: str, path: str, request: Request, hub: HubDep, session: SessionDep) -> Response:
+    """An instance's address on the hub's origin.
+
+    With instances on origins of their own, a browser that is logged in here
+    is handed over to the instance's origin with a single-use code, and API
+    clients are redirected there (308, method and body kept).  In path mode
+    the proxy serves running instances itself, so this is reached only when
+    the instance is not running.
+    """
+    cookie = request.cookies.get(hub.cookies.session)
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     principal = None
     if token:
@@ -152,9 +160,21 @@ async def not_running(owner: str, name: str, path: str, request: Request, hub: H
     inst = await svc.find_by_name(session, owner=owner_user, name=name) if owner_user else None
     if inst is None:
         raise HTTPException(404, f"there is no instance {owner}/{name}")
-    if inst.owner_id != user.id and not user.is_admin:
+    if not origins.may_open(user, inst):
         raise Forbidden("not your instance")
     html = "text/html" in request.headers.get("accept", "")
+    running = inst.status in (Status.RUNNING, Status.UNKNOWN) and hub.routes.get(owner, name) is not None
+    if hub.subdomains and running:
+        rest = "/" + path + (f"?{request.url.query}" if request.url.query else "")
+        if token:
+            return RedirectResponse(hub.instance_url(inst).rstrip("/") + rest, status_code=308)
+        if request.method not in ("GET", "HEAD"):
+            raise HTTPException(404, f"this instance is served at {hub.instance_url(inst)}")
+        code = await origins.mint(session, user=user, instance=inst, login_secret=cookie, now=hub.clock())
+        await session.commit()
+        target = hub.instance_url(inst) + "_labhub/auth?" + urllib.parse.urlencode({"code": code, "next": rest})
+        return RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store",
+                                                                   "Referrer-Policy": "no-referrer"})
     if inst.status in (Status.REQUESTED, Status.QUEUED, Status.STARTING) and request.method == "GET" and html:
         return RedirectResponse(f"/instances/{inst.id}/progress", status_code=303)
     if html:

@@ -12,8 +12,8 @@ from labhub.api.deps import HubDep, SessionDep
 from labhub.catalog import Template
 from labhub.hub import Hub
 from labhub.models import Instance, User
-from labhub.services import instances as svc
 from labhub.services import groups, views
+from labhub.services import instances as svc
 from labhub.services.errors import Forbidden, NotFound, ServiceError
 from labhub.services.instances import template_allowed
 from labhub.web.pages.common import PageUser, check_csrf, render
@@ -48,7 +48,17 @@ async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: Us
     backends = [b for b in (tpl.backends or list(hub.backends)) if b in hub.backends]
     taken = sorted(await views.active_names(session, user=user))
     return render(request, "launch.html", status=status, section="launch", tpl=tpl, card=card, sizes=choices,
-                  backends=backends, taken=taken, form=form, fields=fields or {}, error=error)
+                  backends=backends, taken=taken, form=form, fields=fields or {}, error=error,
+                  address=_address_pattern(hub, user.name))
+
+
+def _address_pattern(hub: Hub, owner: str) -> tuple[str, str]:
+    """What comes before and after an instance's name in its address (the form previews it)."""
+    if not hub.subdomains:
+        return f"/user/{owner}/", "/"
+    scheme, _, rest = hub.public_url.partition("://")
+    port = rest.rpartition(":")[2] if ":" in rest else ""
+    return f"{scheme}://", f"--{owner}.{hub.settings.apps_domain}{':' + port if port.isdigit() else ''}/"
 
 
 @router.get("/launch/{template}")

@@ -17,13 +17,15 @@
 
   function checkName() {
     var v = nameInput.value;
-    document.getElementById("name-preview").textContent = v || "…";
+    var preview = document.getElementById("name-preview");
+    if (preview) { preview.textContent = v || "…"; }
     var message = "";
     if (!v) { message = "Choose a name."; }
     else if (v.length > 63) { message = "At most 63 characters."; }
     else if (/[A-Z]/.test(v)) { message = "Use lower-case letters only."; }
     else if (/^-|-$/.test(v)) { message = "It cannot start or end with “-”."; }
     else if (!NAME.test(v)) { message = "Only a-z, 0-9 and “-” are allowed."; }
+    else if (v.indexOf("--") >= 0) { message = "“--” is not allowed (it separates the name from yours in its address)."; }
     else if (taken.indexOf(v) >= 0) { message = "You already have an active instance named “" + v + "”; pick another name."; }
     return show(nameInput, message);
   }
@@ -56,7 +58,8 @@
   nameInput.addEventListener("input", checkName);
   hoursInput.addEventListener("input", checkHours);
   params.forEach(function (el) { el.addEventListener("input", function () { checkParam(el); }); });
-  document.getElementById("name-preview").textContent = nameInput.value || "…";
+  var preview = document.getElementById("name-preview");
+  if (preview) { preview.textContent = nameInput.value || "…"; }
   if (!hoursInput.hasAttribute("aria-invalid")) { checkHours(); }
 
   form.addEventListener("submit", function (e) {
