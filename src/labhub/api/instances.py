@@ -73,9 +73,8 @@ async def get_instance(instance_id: Text, user: InstancesUser, session: SessionD
 @router.delete("/{instance_id}", status_code=202, response_model=InstanceOut, summary="Stop an instance",
                responses=ONE)
 async def stop_instance(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> InstanceOut:
-    inst = await svc.get_instance(session, user=user, instance_id=instance_id)
-    svc.request_stop(session, inst, actor=user)
-    await session.commit()
+    await session.commit()  # the stop is its own transaction (retried if the hub moves the instance meanwhile)
+    inst = await svc.stop(hub.tx, user_id=user.id, instance_id=instance_id)
     hub.reconciler.kick(inst.id, stop=True)
     return InstanceOut.of(inst, url=hub.instance_url(inst))
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.backends.base import Backend, Capability, LaunchSpec, Resources
@@ -215,3 +217,27 @@ def request_stop(session: AsyncSession, instance: Instance, *, actor: User | Non
         message = f"stop requested: {reason}"
     transition(session, instance, Status.STOPPING, reason=reason, message=message)
     return True
+
+
+async def stop(tx: Callable[[], AbstractAsyncContextManager[AsyncSession]], *, user_id: int, instance_id: str,
+               attempts: int = 5) -> Instance:
+    """Ask for ``instance_id`` to stop on behalf of user ``user_id``, each try in a transaction of
+    its own from ``tx``; returns the instance as it now is.
+
+    Every status change is compared on write (the ORM's version check on
+    ``status``): if the hub moved the instance meanwhile (requested -> starting),
+    the request is read again and retried rather than refused.  Raises
+    NotFound/Forbidden like :func:`get_instance`, Conflict if it keeps losing.
+    """
+    for _ in range(attempts):
+        try:
+            async with tx() as session:
+                user = await session.get(User, user_id)
+                if user is None:
+                    raise NotFound("no such user")
+                instance = await get_instance(session, user=user, instance_id=instance_id)
+                request_stop(session, instance, actor=user)
+        except StaleDataError:
+            continue
+        return instance
+    raise Conflict("the instance keeps changing; try again")

@@ -65,9 +65,8 @@ async def details(instance_id: str, request: Request, user: PageUser, session: S
 async def stop(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
                csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
     check_csrf(request, csrf_token)
-    inst = await svc.get_instance(session, user=user, instance_id=instance_id)
-    svc.request_stop(session, inst, actor=user)
-    await session.commit()
+    await session.commit()  # the stop is its own transaction (retried if the hub moves the instance meanwhile)
+    inst = await svc.stop(hub.tx, user_id=user.id, instance_id=instance_id)
     hub.reconciler.kick(inst.id, stop=True)
     return RedirectResponse(safe_next(next or f"/instances/{inst.id}"), status_code=303)
 
