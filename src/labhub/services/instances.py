@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from labhub.backends.base import Backend, Capability, LaunchSpec, Resources
 from labhub.catalog import Catalog, Template
