@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -87,9 +88,10 @@ async def labhub_launch(hub, http: httpx.AsyncClient, name: str) -> float:
                                                       "backend": "slurm"})
     resp.raise_for_status()
     inst = resp.json()
+    origin = {"Host": urlsplit(inst["url"]).netloc}  # its own origin (Python cannot resolve *.localhost)
     while True:
         try:
-            answer = await http.get(inst["url"])
+            answer = await http.get("/", headers=origin)
             if answer.status_code == 200 and answer.text == "Hello, World!":
                 break
         except httpx.TransportError:
