@@ -23,13 +23,10 @@ import functools
 import json
 import logging
 import os
-import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,63 +46,28 @@ from labhub.backends.base import (
     Phase,
 )
 from labhub.backends.local_isolation import Account, Accounts, Cgroups, account_name, spawn
+from labhub.backends.local_process import (
+    HOST,
+    Child,
+    count_gpus,
+    exited,
+    fill,
+    first_private_dir,
+    free_port,
+    pid_ticks,
+    user_name,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-PLACEHOLDER_RE = re.compile(r"\{(port|ip|socket|base_url|home)\}")
 SOCKET_NAME = "server.sock"
 SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
 POLL_S = 0.05  # how often terminate looks whether the processes are gone
 KILL_WAIT_S = 5.0  # after SIGKILL, how long the kernel gets to finish them
 GONE = Observation(Phase.GONE, message="process no longer exists")
 NOT_LISTENING = Observation(Phase.RUNNING, message="not listening yet")
-
-
-class _Child:
-    """A process this backend object started: its exit status is ours to collect.
-
-    The event loop watches a pidfd, so the child is reaped as soon as it exits
-    (no zombie waits for the next reconcile tick); ``on_exit`` then runs once
-    and says whether it was an OOM kill.
-    """
-
-    __slots__ = ("popen", "loop", "pidfd", "on_exit", "oom")
-
-    def __init__(
-        self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop, on_exit: Callable[[int], bool]
-    ) -> None:
-        self.popen = popen
-        self.loop = loop
-        self.on_exit = on_exit
-        self.oom = False
-        self.pidfd: int | None = None
-        try:
-            self.pidfd = os.pidfd_open(popen.pid)
-            loop.add_reader(self.pidfd, self.reap)
-        except (OSError, AttributeError, NotImplementedError):  # old kernel: reaped when observed
-            self.close()
-
-    def reap(self) -> int | None:
-        """The exit status, collected if the process has exited; never blocks."""
-        if self.popen.returncode is not None:
-            return self.popen.returncode
-        rc = self.popen.poll()
-        if rc is not None:
-            self.close()
-            try:
-                self.oom = self.on_exit(rc)
-            except Exception:  # a failed bookkeeping write must not lose the status
-                log.exception("recording the exit of pid %s failed", self.popen.pid)
-        return rc
-
-    def close(self) -> None:
-        if self.pidfd is not None:
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = None
 
 
 class LocalBackend(Backend):
@@ -153,14 +115,14 @@ class LocalBackend(Backend):
         self.refusal = ""
         if auto and not root:
             self.refusal = (f"per-user system accounts need the hub to run as root (it runs as "
-                            f"{_user_name(os.geteuid())}); to run instances as that user, with no isolation between "
+                            f"{user_name(os.geteuid())}); to run instances as that user, with no isolation between "
                             f"users, set LABHUB_ISOLATION=none")
         elif not auto and root:
             self.refusal = ("isolation is 'none' and the hub runs as root: user code never runs as root; run the hub "
                             "as an unprivileged user, or set LABHUB_ISOLATION=auto for per-user accounts")
         elif self._accounts is not None:
             above = (private_root or self.state_dir).resolve().parent
-            blocked = _first_private_dir([Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent, above])
+            blocked = first_private_dir([Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent, above])
             if blocked is not None:
                 self.refusal = (f"{blocked} is not accessible to the per-user accounts instances run as, so they "
                                 f"could not run the instance environment or reach their homes; install LabHub (or "
@@ -178,10 +140,10 @@ class LocalBackend(Backend):
         self._socket_root: Path | None = None
         cgroups = Cgroups(Path(cgroup_root)) if auto and not self.refusal else None
         self._cgroups = cgroups if cgroups is not None and cgroups.available else None
-        self._gpu_count = _count_gpus() if gpus is None else gpus
+        self._gpu_count = count_gpus() if gpus is None else gpus
         if self._gpu_count > 0:
             self.capabilities = frozenset({*self.capabilities, Capability.GPUS})
-        self._children: dict[str, _Child] = {}
+        self._children: dict[str, Child] = {}
         self._submit_lock: asyncio.Lock | None = None
         self._listeners: dict[str, frozenset[int]] = {}  # instance -> listener inodes proven to be its own
 
@@ -191,7 +153,7 @@ class LocalBackend(Backend):
         if self._accounts is not None:
             who = f"processes run as per-user system accounts ({self._accounts.prefix}<user>)"
         else:
-            who = f"processes run as the hub's own user ({_user_name(os.geteuid())}), not isolated from each other"
+            who = f"processes run as the hub's own user ({user_name(os.geteuid())}), not isolated from each other"
         if self._cgroups is not None:
             limits = f"{', '.join(self._cgroups.parents)} limited by cgroup v1"
         elif self.isolation == "none":
@@ -251,12 +213,12 @@ class LocalBackend(Backend):
 
         uses_socket = any("{socket}" in arg for arg in spec.command)
         socket_path = self._socket_path(iid, account) if uses_socket else None
-        port = _free_port() if any("{port}" in arg for arg in spec.command) else None
+        port = free_port() if any("{port}" in arg for arg in spec.command) else None
         env = self._child_env(spec, home, account)
         gpus = self._assign_gpus(spec.resources.gpus)
         if self._gpu_count:  # the hub's choice, not the template's
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-        argv = _fill(spec.command, port=port, socket_path=socket_path, base_url=spec.base_url, home=str(home))
+        argv = fill(spec.command, port=port, socket_path=socket_path, base_url=spec.base_url, home=str(home))
         exe = shutil.which(argv[0], path=env["PATH"]) if argv else None
         if exe is None:
             raise BackendError(f"command not found: {argv[0] if argv else '(empty command)'}")
@@ -309,9 +271,9 @@ class LocalBackend(Backend):
             "gpus": gpus,
             "started_at": self.clock(),
         }
-        _write_json(idir / "handle.json", handle)
+        write_json(idir / "handle.json", handle)
         on_exit = functools.partial(self._record_exit, handle)
-        self._children[iid] = _Child(popen, asyncio.get_running_loop(), on_exit)
+        self._children[iid] = Child(popen, asyncio.get_running_loop(), on_exit)
         where = f"socket {socket_path}" if socket_path is not None else f"port {port}"
         log.info("instance %s started as pid %s on %s", iid, popen.pid, where)
         return handle
@@ -343,7 +305,7 @@ class LocalBackend(Backend):
     def _child_env(self, spec: LaunchSpec, home: Path, account: Account | None) -> dict[str, str]:
         """A minimal environment: the hub's own (with its secrets) is never passed on."""
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
-        user = account.name if account is not None else _user_name(os.geteuid())
+        user = account.name if account is not None else user_name(os.geteuid())
         env = {
             "PATH": path,
             "HOME": str(home),
@@ -378,7 +340,7 @@ class LocalBackend(Backend):
         iid = handle["instance_id"]
         oom = rc == -signal.SIGKILL and self._oom(iid)
         record = {"pid": handle["pid"], "start_ticks": handle["start_ticks"], "returncode": rc, "oom": oom}
-        _write_json(self.state_dir / iid / "exit.json", record)
+        write_json(self.state_dir / iid / "exit.json", record)
         if self._cgroups is not None:  # cgroups still holding processes stay until terminate
             Cgroups.remove(self._cgroups.dirs(iid), quiet=True)
         log.info("instance %s: pid %s exited with status %s", iid, handle["pid"], rc)
@@ -391,22 +353,22 @@ class LocalBackend(Backend):
 
     def _observe(self, handle: Handle) -> Observation:
         """A few ``/proc`` reads; no subprocess, no scan."""
-        pid, ticks = _pid_ticks(handle)
+        pid, ticks = pid_ticks(handle)
         if pid is None:
             return GONE
         child = self._child_for(handle)
         if child is not None:
             rc = child.reap()
-            return self._running(handle) if rc is None else _exited(handle, rc, oom=child.oom)
+            return self._running(handle) if rc is None else exited(handle, rc, oom=child.oom)
         if procinfo.is_alive(pid, ticks):
             return self._running(handle)
         # Not our child: the hub that reaped it may have recorded how it ended ...
         record = self._read_json(handle["instance_id"], "exit.json")
         if record is not None and record.get("pid") == pid and record.get("start_ticks") == ticks:
-            return _exited(handle, int(record["returncode"]), oom=bool(record.get("oom")))
+            return exited(handle, int(record["returncode"]), oom=bool(record.get("oom")))
         # ... or it died unwatched, and only its cgroup remembers an OOM kill.
         if self._oom(handle["instance_id"]):
-            return _exited(handle, -signal.SIGKILL, oom=True)
+            return exited(handle, -signal.SIGKILL, oom=True)
         return GONE
 
     def _oom(self, iid: str) -> bool:
@@ -452,7 +414,7 @@ class LocalBackend(Backend):
             valid = isinstance(iid, str) and INSTANCE_ID_RE.match(iid)
             cgroup_dirs = self._cgroups.dirs(iid) if self._cgroups is not None and valid else []  # type: ignore[arg-type]
         found = Cgroups.pids(cgroup_dirs)
-        pid, ticks = _pid_ticks(handle)
+        pid, ticks = pid_ticks(handle)
         if pid is not None:
             pgid = int(handle.get("pgid") or pid)
             found |= procinfo.instance_group(pid, pgid, ticks, handle.get("uid"))
@@ -467,7 +429,7 @@ class LocalBackend(Backend):
         # Cgroups come from the instance id, never from the handle, so a bad
         # handle cannot point terminate at somebody else's cgroup.
         cgroup_dirs = self._cgroups.dirs(iid) if self._cgroups is not None and iid else []
-        pid, ticks = _pid_ticks(handle)
+        pid, ticks = pid_ticks(handle)
         child = self._child_for(handle)
         pgid = int(handle.get("pgid") or pid or 0)
 
@@ -538,12 +500,12 @@ class LocalBackend(Backend):
 
     # -- helpers ------------------------------------------------------------------
 
-    def _child_for(self, handle: Handle) -> _Child | None:
+    def _child_for(self, handle: Handle) -> Child | None:
         child = self._children.get(str(handle.get("instance_id")))
         return child if child is not None and child.popen.pid == handle.get("pid") else None
 
     def _alive(self, handle: Handle) -> bool:
-        pid, ticks = _pid_ticks(handle)
+        pid, ticks = pid_ticks(handle)
         if pid is None:
             return False
         child = self._child_for(handle)
@@ -570,82 +532,3 @@ class LocalBackend(Backend):
             if current is not None and current.get("pid") == pid:
                 with contextlib.suppress(FileNotFoundError):
                     (self.state_dir / iid / name).unlink()
-
-
-def _pid_ticks(handle: Handle) -> tuple[int | None, int | None]:
-    try:
-        pid = int(handle["pid"])
-        ticks = int(handle["start_ticks"])
-    except (KeyError, TypeError, ValueError):
-        return None, None
-    return (pid, ticks) if pid > 0 else (None, None)
-
-
-def _exited(handle: Handle, rc: int, *, oom: bool) -> Observation:
-    """``rc`` as Popen reports it: negative for a signal (exit_code 128 + signal)."""
-    if rc == 0:
-        return Observation(Phase.SUCCEEDED, exit_code=0, message="exited with code 0")
-    if rc > 0:
-        return Observation(Phase.FAILED, exit_code=rc, message=f"exited with code {rc}")
-    sig = -rc
-    if sig == signal.SIGKILL and oom:
-        message = f"killed: out of memory (limit {handle.get('memory_mb')} MiB)"
-        return Observation(Phase.FAILED, exit_code=128 + sig, message=message, reason="OOM")
-    try:
-        name = signal.Signals(sig).name
-    except ValueError:
-        name = "unknown"
-    return Observation(Phase.FAILED, exit_code=128 + sig, message=f"killed by signal {sig} ({name})")
-
-
-def _fill(command: list[str], *, port: int | None, socket_path: Path | None, base_url: str, home: str) -> list[str]:
-    """Fill ``{port}``, ``{ip}``, ``{socket}``, ``{base_url}`` and ``{home}``; other braces stay.
-
-    One pass per argument, so a value that happens to contain a placeholder
-    (a home directory named ``{port}``) is not expanded again.
-    """
-    values = {"port": str(port), "ip": HOST, "socket": str(socket_path), "base_url": base_url, "home": home}
-    return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], arg) for arg in command]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically, readable by the hub only."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _count_gpus() -> int:
-    try:
-        return sum(1 for n in os.listdir("/dev") if re.fullmatch(r"nvidia[0-9]+", n))
-    except OSError:
-        return 0
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _first_private_dir(paths: list[Path]) -> Path | None:
-    """The first directory on the way to any of ``paths`` that others cannot traverse."""
-    for path in paths:
-        path = path.resolve()
-        for directory in [*reversed(path.parents), path]:
-            try:
-                mode = directory.stat().st_mode
-            except OSError:
-                continue
-            if not mode & 0o001:
-                return directory
-    return None
