@@ -4,12 +4,14 @@ socket), a websockets echo server, and a proxy wired to them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,8 +322,9 @@ def _short_dir(tmp_path: Path) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="lhp")), True
 
 
-@pytest_asyncio.fixture
-async def env(tmp_path: Path) -> Any:
+@contextlib.asynccontextmanager
+async def upstreams(tmp_path: Path) -> AsyncIterator[tuple[EchoUpstream, EchoUpstream, WsUpstream]]:
+    """The instance's HTTP echo (TCP), the hub's (a unix socket) and a WebSocket echo, closed afterwards."""
     echo = EchoUpstream("instance")
     await echo.start_tcp()
     hub = EchoUpstream("hub")
@@ -329,35 +332,46 @@ async def env(tmp_path: Path) -> Any:
     await hub.start_unix(str(sock_dir / "hub.sock"))
     ws = WsUpstream()
     await ws.start()
-
-    lookups: list[tuple[str, str]] = []
-
-    async def lookup(kind: str, secret: str) -> Principal | None:
-        lookups.append((kind, secret))
-        await asyncio.sleep(0)
-        return (TOKENS if kind == "token" else SESSIONS).get(secret)
-
-    routes = RouteTable()
-    routes.add(Route("i-lab", 1, "alice", "lab", "127.0.0.1", echo.port, INSTANCE_TOKEN))
-    routes.add(Route("i-ws", 1, "alice", "ws", "127.0.0.1", ws.port, INSTANCE_TOKEN))
-    routes.add(Route("i-bob", 2, "bob", "lab", "127.0.0.1", echo.port, "bob-secret"))
-    auth = Authenticator(lookup)
-    proxy = ProxyServer(routes=routes, auth=auth, hub_upstream=hub.path)
-    await proxy.start("127.0.0.1", 0)
-    e = Env(proxy, routes, auth, echo, hub, ws, lookups)
     try:
-        yield e
+        yield echo, hub, ws
     finally:
-        await proxy.close()
         await echo.close()
         await hub.close()
         await ws.close()
         if cleanup:
             shutil.rmtree(sock_dir, ignore_errors=True)
-        else:
-            with_sock = sock_dir / "hub.sock"
-            if with_sock.exists():
-                os.unlink(with_sock)
+        elif (sock_dir / "hub.sock").exists():
+            os.unlink(sock_dir / "hub.sock")
+
+
+def make_routes(echo: EchoUpstream, ws: WsUpstream, *, labels: bool = False) -> RouteTable:
+    """alice's ``lab`` (echo) and ``ws`` (WebSocket echo), bob's ``lab``; with origin labels if asked."""
+    routes = RouteTable()
+    for iid, uid, owner, name, port, token in (("i-lab", 1, "alice", "lab", echo.port, INSTANCE_TOKEN),
+                                               ("i-ws", 1, "alice", "ws", ws.port, INSTANCE_TOKEN),
+                                               ("i-bob", 2, "bob", "lab", echo.port, "bob-secret")):
+        routes.add(Route(iid, uid, owner, name, "127.0.0.1", port, token, label=f"{name}--{owner}" if labels else ""))
+    return routes
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> Any:
+    async with upstreams(tmp_path) as (echo, hub, ws):
+        lookups: list[tuple[str, str]] = []
+
+        async def lookup(kind: str, secret: str) -> Principal | None:
+            lookups.append((kind, secret))
+            await asyncio.sleep(0)
+            return (TOKENS if kind == "token" else SESSIONS).get(secret)
+
+        routes = make_routes(echo, ws)
+        auth = Authenticator(lookup)
+        proxy = ProxyServer(routes=routes, auth=auth, hub_upstream=hub.path)
+        await proxy.start("127.0.0.1", 0)
+        try:
+            yield Env(proxy, routes, auth, echo, hub, ws, lookups)
+        finally:
+            await proxy.close()
 
 
 async def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:

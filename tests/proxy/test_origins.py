@@ -9,7 +9,6 @@ X-Forwarded-For from anyone but a trusted proxy.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
 from labhub.proxy.server import ProxyServer
 
-from .conftest import INSTANCE_TOKEN, TOKENS, EchoUpstream, WsUpstream, _short_dir
+from .conftest import INSTANCE_TOKEN, TOKENS, EchoUpstream, WsUpstream, make_routes, upstreams
 
 pytestmark = pytest.mark.asyncio
 
@@ -68,36 +67,22 @@ class OriginEnv:
 
 @pytest_asyncio.fixture
 async def oenv(tmp_path: Path) -> AsyncIterator[OriginEnv]:
-    echo = EchoUpstream("instance")
-    await echo.start_tcp()
-    hub = EchoUpstream("hub")
-    sock_dir, cleanup = _short_dir(tmp_path)
-    await hub.start_unix(str(sock_dir / "hub.sock"))
-    ws = WsUpstream()
-    await ws.start()
-    lookups: list[tuple[str, str]] = []
+    async with upstreams(tmp_path) as (echo, hub, ws):
+        lookups: list[tuple[str, str]] = []
 
-    async def lookup(kind: str, secret: str) -> Principal | None:
-        lookups.append((kind, secret))
-        await asyncio.sleep(0)
-        return {"token": TOKENS, "session": SESSIONS, "origin": ORIGINS}[kind].get(secret)
+        async def lookup(kind: str, secret: str) -> Principal | None:
+            lookups.append((kind, secret))
+            await asyncio.sleep(0)
+            return {"token": TOKENS, "session": SESSIONS, "origin": ORIGINS}[kind].get(secret)
 
-    routes = RouteTable()
-    routes.add(Route("i-lab", 1, "alice", "lab", "127.0.0.1", echo.port, INSTANCE_TOKEN, label="lab--alice"))
-    routes.add(Route("i-ws", 1, "alice", "ws", "127.0.0.1", ws.port, INSTANCE_TOKEN, label="ws--alice"))
-    routes.add(Route("i-bob", 2, "bob", "lab", "127.0.0.1", echo.port, "bob-secret", label="lab--bob"))
-    proxy = ProxyServer(routes=routes, auth=Authenticator(lookup), hub_upstream=hub.path, apps_domain=APPS,
-                        hub_url="http://hub.test:8000", trusted_proxies=["10.9.0.0/16"])
-    await proxy.start("127.0.0.1", 0)
-    try:
-        yield OriginEnv(proxy, echo, hub, ws, lookups)
-    finally:
-        await proxy.close()
-        await echo.close()
-        await hub.close()
-        await ws.close()
-        if cleanup:
-            shutil.rmtree(sock_dir, ignore_errors=True)
+        proxy = ProxyServer(routes=make_routes(echo, ws, labels=True), auth=Authenticator(lookup),
+                            hub_upstream=hub.path, apps_domain=APPS, hub_url="http://hub.test:8000",
+                            trusted_proxies=["10.9.0.0/16"])
+        await proxy.start("127.0.0.1", 0)
+        try:
+            yield OriginEnv(proxy, echo, hub, ws, lookups)
+        finally:
+            await proxy.close()
 
 
 def hdrs(payload: dict[str, Any], name: str) -> list[str]:
