@@ -163,9 +163,12 @@ class Hub:
         owner = instance.owner.name
         if not self.subdomains:
             return f"{self.public_url}/user/{owner}/{instance.name}/"
+        return self.origin_url(origins.label_for(owner=owner, name=instance.name, instance_id=instance.id))
+
+    def origin_url(self, label: str) -> str:
+        """``scheme://<label>.<apps domain>[:port]/``: the hub's scheme and port, the instance's host."""
         parts = urlsplit(self.public_url)
         port = f":{parts.port}" if parts.port else ""
-        label = origins.label_for(owner=owner, name=instance.name, instance_id=instance.id)
         return f"{parts.scheme}://{label}.{self.settings.apps_domain}{port}/"
 
     # -- routes ----------------------------------------------------------------

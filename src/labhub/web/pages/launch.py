@@ -56,9 +56,8 @@ def _address_pattern(hub: Hub, owner: str) -> tuple[str, str]:
     """What comes before and after an instance's name in its address (the form previews it)."""
     if not hub.subdomains:
         return f"/user/{owner}/", "/"
-    scheme, _, rest = hub.public_url.partition("://")
-    port = rest.rpartition(":")[2] if ":" in rest else ""
-    return f"{scheme}://", f"--{owner}.{hub.settings.apps_domain}{':' + port if port.isdigit() else ''}/"
+    before, _, after = hub.origin_url(f"\0--{owner}").partition("\0")
+    return before, after
 
 
 @router.get("/launch/{template}")
