@@ -11,11 +11,17 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 # Slurm tests: a real single-node cluster (tests/slurmcluster.py starts and stops its own daemons).
 { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/bin/sbatch ]; } || missing+=(slurm-wlm)
 [ -x /usr/sbin/munged ] || missing+=(munge)
+# Several replicas: the documented nginx load balancer, started by the test on its own ports.
+[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $root = 1 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq
+    # Packages' own services (nginx on port 80) are not started: the tests start what they need.
+    policy=/usr/sbin/policy-rc.d; own_policy=0
+    if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; own_policy=1; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [ $own_policy = 1 ]; then rm -f $policy; fi
   else
     echo "warning: missing Debian packages (run as root to install): ${missing[*]}" >&2
   fi

@@ -22,13 +22,14 @@ def free_port() -> int:
 class HubProcess:
     """A hub on its own port and data dir; ``extra`` adds environment settings."""
 
-    def __init__(self, data_dir: Path, database_url: str, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, database_url: str, extra: dict[str, str] | None = None, *,
+                 name: str = "hub") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "LABHUB_LOG_LEVEL": "warning", "LABHUB_RECONCILE_INTERVAL": "0.3",
                     **(extra or {}), "LABHUB_DATA_DIR": str(data_dir), "LABHUB_DATABASE_URL": database_url,
                     "LABHUB_BIND": f"127.0.0.1:{self.port}"}
-        self.log = data_dir.parent / "hub.log"
+        self.log = data_dir.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, stdin: str = "") -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return engine
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: AsyncEngine, *, sync_session_class: type[Session] | None = None,
+                      ) -> async_sessionmaker[AsyncSession]:
+    if sync_session_class is None:
+        return async_sessionmaker(engine, expire_on_commit=False)
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=sync_session_class)
 
 
 def _alembic_config(connection: Connection | None = None) -> Any:
@@ -86,9 +90,18 @@ def _at_head(connection: Connection) -> bool:
     return set(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()) == heads
 
 
+MIGRATION_LOCK = 0x4C616248  # "LabH": one PostgreSQL advisory lock, so concurrent upgrades run one at a time
+
+
 def _upgrade_sync(connection: Connection) -> None:
     if _at_head(connection):
         return
+    if connection.dialect.name == "postgresql":
+        # Replicas starting together (or `labhub db upgrade` while they run): the first migrates,
+        # the others wait here, then find the schema at head.  Released when this transaction ends.
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        if _at_head(connection):
+            return
     logging.getLogger("alembic").setLevel(logging.WARNING)  # before its import logs plugin set-up
     from alembic import command
     from alembic.runtime.migration import MigrationContext

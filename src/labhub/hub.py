@@ -7,9 +7,12 @@ explicit arguments; nothing reaches for globals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -17,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from labhub import db, storage
+from labhub import db, notify, storage
 from labhub.auth.flow import OidcRegistry
 from labhub.auth.mail import Mail, Mailer
 from labhub.auth.providers import resolve_all
@@ -28,11 +32,11 @@ from labhub.auth.throttle import LoginThrottle
 from labhub.backends import registry
 from labhub.backends.base import Backend
 from labhub.catalog import Catalog, load_catalog
-from labhub.models import Instance, Status, User, UserStatus, utcnow
+from labhub.models import ROUTED, Instance, User, UserStatus, utcnow
 from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
-from labhub.services import credentials, origins, security, users
+from labhub.reconcile.reconciler import Launch, Parts, Reconciler
+from labhub.services import changes, credentials, origins, security, users
 from labhub.services.bus import EventBus
-from labhub.services.lifecycle import event_dict
 from labhub.settings import Settings, load_secret_key
 
 log = logging.getLogger(__name__)
@@ -73,7 +77,6 @@ class Hub:
         storage.prepare(settings.data_dir, sqlite=sqlite)
         self.secret_key = load_secret_key(settings.data_dir)
         self.engine = db.make_engine(settings.effective_database_url)
-        self.sessions = db.make_sessionmaker(self.engine)
         self.catalog: Catalog = Catalog()
         self.backends: dict[str, Backend] = backends if backends is not None else registry.create(
             settings.backends, data_dir=settings.data_dir, isolation=settings.isolation, settings=settings
@@ -88,9 +91,17 @@ class Hub:
         self.bus = EventBus()
         self.setup_token: str | None = None
         self.started_monotonic = time.monotonic()
-        from labhub.reconcile.reconciler import Reconciler
-
-        self.reconciler = Reconciler(self)
+        self.replica = settings.replica_id or f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.shared = notify.shared(url)
+        self._listener: notify.Listener | None = None
+        self._stale_routes: set[str] = set()
+        self._routes_dirty = asyncio.Event()
+        self.sessions = db.make_sessionmaker(self.engine, sync_session_class=self._session_class())
+        self.reconciler = Reconciler(Parts(
+            sessions=self.sessions, backends=self.backends, catalog=lambda: self.catalog, routes=self.routes,
+            route_for=self.route_for, launch=Launch(self.instance_token, self.home_for, self.base_path),
+            clock=clock, settings=settings, replica=self.replica,
+        ))
 
     async def start(self, *, reconcile: bool = True) -> None:
         group = next((b.data_dir_group for b in self.backends.values() if b.data_dir_group is not None), None)
@@ -105,7 +116,11 @@ class Hub:
             if await users.count_admins(session) == 0:
                 self.setup_token = secrets.token_urlsafe(24)
         self._warn_about_identity_settings()
-        await self.reconciler.restore_routes()
+        if self.shared:  # before the routes are read: a change made meanwhile is not missed
+            self._listener = notify.Listener(self.settings.effective_database_url, self._notified, self._connected)
+            await self._listener.start()
+        await self.reload_routes()
+        self.background(self._keep_routes(), name="labhub-routes")
         if reconcile:
             self.reconciler.start()
 
@@ -128,18 +143,124 @@ class Hub:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.oidc.close()
         await self.reconciler.stop()
+        if self._listener is not None:
+            await self._listener.close()
         for backend in self.backends.values():
             await backend.close()
         await self.engine.dispose()
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
-        """A short transaction; events recorded in it are published after commit."""
+        """A short transaction (changes recorded in it are announced when it commits)."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    # -- changes: this replica's commits, and other replicas' notifications ---------------
+    def _session_class(self) -> type[Session]:
+        """Sessions whose commits announce what they changed (:mod:`labhub.services.changes`)."""
+        hub = self
+
+        class HubSession(Session):
+            pass
+
+        @event.listens_for(HubSession, "before_commit")
+        def _send(session: Session) -> None:
+            recorded = session.info.get(changes.KEY)
+            if hub.shared and recorded:  # delivered with the commit, to every replica
+                notify.send(session, changes.encode(recorded, hub.replica))
+
+        @event.listens_for(HubSession, "after_commit")
+        def _committed(session: Session) -> None:
+            recorded = changes.take(session)  # type: ignore[arg-type]
+            if recorded is not None:
+                hub._apply(recorded, remote=False)
+
+        @event.listens_for(HubSession, "after_rollback")
+        def _rolled_back(session: Session) -> None:
+            changes.take(session)  # type: ignore[arg-type]
+
+        return HubSession
+
+    def _notified(self, payload: str) -> None:
+        decoded = changes.decode(payload)
+        if decoded is not None and decoded[0] != self.replica:
+            self._apply(decoded[1], remote=True)
+
+    def _connected(self, first: bool) -> None:
+        """The notification connection is (back) up: what was missed meanwhile is read again."""
+        if first:
+            return
+        log.info("notifications resumed: reloading routes, credentials and event streams")
+        self.background(self.reload_routes(), name="labhub-reload-routes")
+        self.credentials_changed(announce=False)
+        self.bus.publish_all()
+        self.reconciler.wake_all()
+
+    def _apply(self, recorded: changes.Changes, *, remote: bool) -> None:
+        """Act on a committed change in this replica (no I/O here: it runs in commit hooks)."""
+        for instance_id, owner_id in recorded.instances.items():
+            self.bus.publish(instance_id, owner_id)
+        if remote and recorded.instances:
+            # another replica moved them: the proxy's routes follow (this replica's own moves
+            # update the table as they happen)
+            self._stale_routes.update(recorded.instances)
+            self._routes_dirty.set()
+        if recorded.wake:
+            for instance_id in recorded.instances:
+                self.reconciler.wake(instance_id)
+        if recorded.users or recorded.everyone:
+            self._forget_credentials(recorded.users, everyone=recorded.everyone)
+        if recorded.deletions:
+            self.reconciler.wake_deletions()
+
+    async def _keep_routes(self) -> None:
+        """Refresh the routes of instances other replicas changed, one batch at a time, in order."""
+        while True:
+            await self._routes_dirty.wait()
+            self._routes_dirty.clear()
+            ids, self._stale_routes = self._stale_routes, set()
+            try:
+                await self.refresh_routes(ids)
+            except Exception:
+                log.exception("refreshing routes failed; reloading them all")
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    await self.reload_routes()
+
+    async def refresh_routes(self, instance_ids: set[str]) -> None:
+        """Make the routes of ``instance_ids`` what the database says (running: a route; else none)."""
+        found: dict[str, Route | None] = dict.fromkeys(instance_ids)
         async with self.sessions() as session:
-            async with session.begin():
-                yield session
-            for event, owner_id in session.info.pop("labhub_events", []):
-                self.bus.publish({**event_dict(event), "owner_id": owner_id})
+            for chunk in _chunks(sorted(instance_ids), 500):
+                rows = await session.execute(select(Instance).where(Instance.id.in_(chunk)))
+                for inst in rows.scalars():
+                    found[inst.id] = self.route_for(inst) if inst.status in ROUTED else None
+        for instance_id, route in found.items():
+            self._set_route(instance_id, route)
+
+    async def reload_routes(self) -> None:
+        """Every route from the database: added for running instances, dropped for the rest."""
+        async with self.sessions() as session:
+            wanted = {inst.id: self.route_for(inst) for inst in await self.running_instances(session)}
+        for route in self.routes.all():
+            if route.instance_id not in wanted:
+                self.routes.remove_instance(route.instance_id)
+        for instance_id, route in wanted.items():
+            self._set_route(instance_id, route)
+
+    def _set_route(self, instance_id: str, route: Route | None) -> None:
+        current = next((r for r in self.routes.all() if r.instance_id == instance_id), None) \
+            if route is None else self.routes.get(route.owner, route.name)
+        if route is None:
+            if current is not None:
+                self.routes.remove_instance(instance_id)
+            return
+        if current is not None and current.instance_id == instance_id and current.upstream_key == route.upstream_key:
+            return  # unchanged: keep its activity count
+        try:
+            self.routes.add(route)
+        except ValueError as exc:
+            log.error("route for instance %s refused: %s", instance_id, exc)
 
     # -- secrets ---------------------------------------------------------------
     def instance_token(self, instance_id: str) -> str:
@@ -231,16 +352,30 @@ class Hub:
         self._pending[secret] = (now + 2.0, name)
         return name
 
-    def credentials_changed(self, user_id: int | None = None) -> None:
-        """A user's status, role or credentials changed: the next request must see it.
+    def credentials_changed(self, user_id: int | None = None, *, announce: bool = True) -> None:
+        """A user's status, role or credentials changed (and committed): the next request must see it,
+        on every replica.
 
         Drops the user's cached principals, and every negative entry (a pending
-        user's session is cached as "nobody" until approved).
+        user's session is cached as "nobody" until approved); other replicas
+        are told to do the same.
         """
-        if user_id is not None:
+        self._forget_credentials({user_id} if user_id is not None else set(), everyone=True)
+        if announce and self.shared:
+            recorded = changes.Changes(users={user_id} if user_id is not None else set(), everyone=True)
+            self.background(self._announce(recorded), name="labhub-announce")
+
+    def _forget_credentials(self, user_ids: set[int], *, everyone: bool) -> None:
+        for user_id in user_ids:
             self.auth.invalidate_user(user_id)
-        self.auth.clear()
+        if everyone:
+            self.auth.clear()
         self._pending.clear()
+
+    async def _announce(self, recorded: changes.Changes) -> None:
+        """Tell the other replicas about a change already committed (outside its transaction)."""
+        async with self.sessions() as session, session.begin():
+            await session.run_sync(notify.send, changes.encode(recorded, self.replica))
 
     # -- mail and background work --------------------------------------------------------
     async def send_mails(self, mails: list[Mail]) -> bool:
@@ -255,5 +390,10 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def running_instances(self, session: AsyncSession) -> list[Instance]:
-        rows = await session.execute(select(Instance).where(Instance.status.in_([Status.RUNNING, Status.UNKNOWN])))
+        rows = await session.execute(select(Instance).where(Instance.status.in_([s.value for s in ROUTED])))
         return list(rows.scalars())
+
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -30,13 +30,29 @@ log = logging.getLogger(__name__)
 
 
 def _socket_path(data_dir: Path) -> Path:
-    path = data_dir / "run" / "hub.sock"
+    """This process's app socket: one per replica (several may share a data directory), and
+    those of replicas that are gone are removed."""
+    run_dir = data_dir / "run"
+    path = run_dir / f"hub-{os.getpid()}.sock"
     if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
         path = Path(tempfile.mkdtemp(prefix="labhub-")) / "hub.sock"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    for old in run_dir.glob("hub*.sock") if run_dir.is_dir() else ():
+        pid = old.stem.removeprefix("hub-")
+        if old == path or not pid.isdigit() or not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunningHub:

@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     start_timeout: float = Field(default=300.0, gt=0)  # seconds; templates may lower it
     stop_grace: float = Field(default=5.0, ge=0)
     activity_flush_interval: float = Field(default=30.0, gt=0)
+    # several replicas (docs/operations.md): a replica's claim on an instance lasts lease_seconds and is
+    # renewed every third of it; another replica takes the work over once it has lapsed
+    lease_seconds: float = Field(default=6.0, ge=0.5, le=300)
+    # a replica's name in leases; default: host-pid-random
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
     # where instances are served (docs/operations.md, "Origins"): "subdomain" gives every instance an
     # origin of its own, <instance>--<user>.<apps_domain>; "path" serves them under the hub's origin at

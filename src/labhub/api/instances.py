@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -36,7 +35,6 @@ async def launch(body: LaunchRequest, user: InstancesUser, session: SessionDep, 
         backend=body.backend, groups=await groups.names_of(session, user), now=hub.clock(),
     )
     await session.commit()
-    hub.reconciler.kick(inst.id)
     return InstanceOut.of(inst, url=hub.instance_url(inst))
 
 
@@ -75,7 +73,6 @@ async def get_instance(instance_id: Text, user: InstancesUser, session: SessionD
 async def stop_instance(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> InstanceOut:
     await session.commit()  # the stop is its own transaction (retried if the hub moves the instance meanwhile)
     inst = await svc.stop(hub.tx, user_id=user.id, instance_id=instance_id)
-    hub.reconciler.kick(inst.id, stop=True)
     return InstanceOut.of(inst, url=hub.instance_url(inst))
 
 
@@ -107,34 +104,29 @@ async def events(
 
 
 async def _event_stream(hub: HubDep, instance_id: str, after: int, request: Request) -> AsyncIterator[bytes]:
-    """Past events after ``after``, then live ones; ends after a terminal status."""
-    async with hub.bus.subscribe(instance_id) as queue:
-        async with hub.sessions() as session:
-            rows = (await session.execute(
-                select(Event).where(Event.instance_id == instance_id, Event.id > after).order_by(Event.id))).scalars()
-            backlog = [event_dict(e) for e in rows]
+    """Past events after ``after``, then live ones; ends after a terminal status.
+
+    Events are read from the database (whichever replica wrote them); a signal
+    after each commit, here or on another replica, says when to read again."""
+    async with hub.bus.subscribe(instance_id=instance_id) as signal:  # first: nothing falls in between
         last = after
-        for event in backlog:
-            last = event["id"]
-            yield _sse(event)
-            if event["status"] in TERMINAL:
-                yield b"event: end\ndata: {}\n\n"
-                return
         while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout=15)
-            except TimeoutError:
+            async with hub.sessions() as session:
+                rows = (await session.execute(select(Event).where(Event.instance_id == instance_id, Event.id > last)
+                                              .order_by(Event.id).limit(EVENTS_LIMIT))).scalars()
+                batch = [event_dict(e) for e in rows]
+            for event in batch:
+                last = event["id"]
+                yield _sse(event)
+                if event["status"] in TERMINAL:
+                    yield b"event: end\ndata: {}\n\n"
+                    return
+            if len(batch) == EVENTS_LIMIT:
+                continue  # more to catch up on
+            if not await signal.wait(timeout=15):
                 if await request.is_disconnected():
                     return
                 yield b": keep-alive\n\n"
-                continue
-            if event["id"] <= last:
-                continue
-            last = event["id"]
-            yield _sse(event)
-            if event["status"] in TERMINAL:
-                yield b"event: end\ndata: {}\n\n"
-                return
 
 
 def _sse(event: dict) -> bytes:

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/users", tags=["users"], responses=SIGNED_IN)
 audit_router = APIRouter(tags=["audit"], responses=SIGNED_IN)
 SelfUser = Annotated[User, Depends(scoped("*"))]
-DELETE_WAIT_S = 600.0  # how long a background deletion waits for the user's instances to stop
 TOKENS_LIMIT = 1000
 NO_USER = errors(404)
 DECIDED = error(409, "The account is not waiting for approval (already decided)")
@@ -176,13 +175,12 @@ async def change_user(name: Text, body: UserChange, actor: AdminUser, session: S
             raise Invalid("invalid change", fields={"email": reason})
         user.email = body.email
         audit.record(session, actor=actor, action="user.email", target=name, address=address)
-    stopping: list[str] = []
     if body.status is not None and body.status != user.status:
         if user.status == UserStatus.PENDING:
             raise Conflict(f"{name} waits for approval: approve or reject instead",
                            fields={"status": "use /approve or /reject for a pending account"})
         if body.status == UserStatus.DISABLED:
-            stopping = await admin.disable_user(session, actor=actor, name=name)
+            await admin.disable_user(session, actor=actor, name=name)
             users.set_status(user, UserStatus.DISABLED, f"disabled by {actor.name}"
                              + (f": {body.reason}" if body.reason else ""))
         else:
@@ -193,8 +191,6 @@ async def change_user(name: Text, body: UserChange, actor: AdminUser, session: S
         await admin.set_admin(session, actor=actor, name=name, admin=body.admin)
     await session.commit()
     hub.credentials_changed(user.id)
-    for instance_id in stopping:
-        hub.reconciler.kick(instance_id, stop=True)
     return AccountOut.of(user)
 
 
@@ -208,9 +204,6 @@ async def delete_user(name: Text, actor: AdminUser, session: SessionDep, hub: Hu
     if result.deleted:
         await _remove_home(hub, name)
         return Response(status_code=204)
-    for instance_id in result.stopping:
-        hub.reconciler.kick(instance_id, stop=True)
-    hub.background(_finish_deletion(hub, actor.name, name, address), name=f"delete-user-{name}")
     return JSONResponse(DeletionOut(name=name, deleted=False, stopping=result.stopping).model_dump(), status_code=202)
 
 
@@ -218,23 +211,6 @@ async def _remove_home(hub: Hub, name: str) -> None:
     home = hub.home_for(name)
     if home.exists():
         await asyncio.to_thread(shutil.rmtree, home, ignore_errors=True)
-
-
-async def _finish_deletion(hub: Hub, actor_name: str, name: str, address: str) -> None:
-    """Delete the account once its instances have stopped (polls the database; gives up after a while)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DELETE_WAIT_S
-    while loop.time() < deadline:
-        await asyncio.sleep(0.5)
-        async with hub.tx() as session:
-            actor = await users.get_user(session, name=actor_name)
-            if actor is None or not actor.is_admin or await users.get_user(session, name=name) is None:
-                return
-            result = await users.delete_user(session, actor=actor, name=name, address=address)
-        if result.deleted:
-            await _remove_home(hub, name)
-            return
-    log.warning("deleting %s: instances did not stop within %s s; the account stays disabled", name, DELETE_WAIT_S)
 
 
 @router.post("/{name}/approve", response_model=DecisionOut,

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from labhub.models import ACTIVE
+from labhub.models import ACTIVE, ROUTED
 from labhub.services import origins
 
 if TYPE_CHECKING:
@@ -86,6 +86,14 @@ class InstanceOriginGate:
         async with hub.tx() as session:
             inst = await origins.instance_for_label(session, label)
             found = None if inst is None else (inst.id, inst.owner_id, inst.owner.name, inst.name, inst.status)
+            routable = inst is not None and inst.status in ROUTED and bool(inst.upstream)
+        if routable and found is not None:
+            # Running, says the database, but this replica has no route yet (the notification is
+            # on its way, or was lost): take it from the database and send the client round again.
+            await hub.refresh_routes({found[0]})
+            if hub.routes.by_label(label.encode()) is not None:
+                query = f"?{request.url.query}" if request.url.query else ""
+                return Response(status_code=307, headers={**NO_STORE, "Location": request.url.path + query})
         if request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", ""):
             if found is None:
                 return RedirectResponse(hub.public_url + "/", status_code=303, headers=NO_STORE)

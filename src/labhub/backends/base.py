@@ -167,6 +167,16 @@ class Backend(abc.ABC):
     async def list_owned(self) -> list[Handle]:
         """Handles of everything this backend created for this hub."""
 
+    async def find(self, instance_id: str) -> Handle | None:
+        """The handle of a live job this hub already created for ``instance_id``, else None.
+
+        Called before every submit: a replica that died between submitting and
+        recording the handle leaves a job the next one must adopt, not double.
+        The default searches :meth:`list_owned`; backends with a cheaper lookup
+        override it.
+        """
+        return next((h for h in await self.list_owned() if h.get("instance_id") == instance_id), None)
+
     @abc.abstractmethod
     def logs(self, handle: Handle, *, tail: int = 100) -> AsyncIterator[str]:
         """The last ``tail`` lines of the instance's output, oldest first."""

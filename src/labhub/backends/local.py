@@ -475,6 +475,14 @@ class LocalBackend(Backend):
 
     # -- listing, logs, health ----------------------------------------------------
 
+    async def find(self, instance_id: str) -> Handle | None:
+        """One file read: the instance's recorded handle, if its process still lives."""
+        if not INSTANCE_ID_RE.match(instance_id):
+            return None
+        handle = self._read_json(instance_id, "handle.json")
+        ok = handle is not None and handle.get("hub_id") == self.hub_id and handle.get("instance_id") == instance_id
+        return handle if ok and self._alive(handle) else None
+
     async def list_owned(self) -> list[Handle]:
         return [h for h in self._all_handles() if h.get("hub_id") == self.hub_id and self._alive(h)]
 

@@ -1,7 +1,7 @@
 """ORM models.  Import from here: ``from labhub.models import User, Instance``."""
 
 from labhub.models.base import Base, UTCDateTime, utcnow
-from labhub.models.instance import ACTIVE, TERMINAL, AuditEvent, Event, Instance, Kind, Status
+from labhub.models.instance import ACTIVE, ROUTED, TERMINAL, AuditEvent, Event, Instance, Kind, Status
 from labhub.models.origin import OriginGrant
 from labhub.models.user import (
     ApiToken,
@@ -16,7 +16,7 @@ from labhub.models.user import (
 )
 
 __all__ = [
-    "ACTIVE", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
+    "ACTIVE", "ROUTED", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
     "LoginSession", "Membership", "OriginGrant", "Role", "Status", "SystemAccount", "UTCDateTime", "User", "UserStatus",
     "utcnow",
 ]

@@ -34,6 +34,7 @@ class Status(enum.StrEnum):
 
 TERMINAL = frozenset({Status.STOPPED, Status.SUCCEEDED, Status.FAILED, Status.EXPIRED})
 ACTIVE = frozenset(Status) - TERMINAL
+ROUTED = frozenset({Status.RUNNING, Status.UNKNOWN})  # the proxy has a route to these (once they have an address)
 
 
 class Instance(Base):
@@ -48,6 +49,7 @@ class Instance(Base):
     __table_args__ = (
         UniqueConstraint("owner_id", "active_name", name="uq_instances_owner_active_name"),
         Index("ix_instances_owner_created", "owner_id", "created_at"),
+        Index("ix_instances_claimed_by", "claimed_by"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -74,6 +76,10 @@ class Instance(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     start_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The lease: the hub replica working on this instance, and until when its claim holds
+    # (renewed while it works; another replica takes over once it has passed).
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     owner: Mapped[User] = relationship(lazy="joined")
 

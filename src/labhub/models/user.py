@@ -36,6 +36,9 @@ class User(Base):
     # why the status is what it is ("rejected by bob", "disabled by bob: left the group"), and since when
     status_reason: Mapped[str] = mapped_column(String(255), default="")
     status_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Set while the account is being deleted (its instances stop first): the admin who asked.
+    # The reconciler finishes the deletion, on whichever replica, once nothing is active.
+    deleting_by: Mapped[str | None] = mapped_column(String(63))
 
     @property
     def is_admin(self) -> bool:

@@ -1,15 +1,22 @@
 """The reconciler: drives every instance from what the database says.
 
-Each pass (:meth:`Reconciler.tick`) loads the active instances in one short
-transaction, then acts outside any transaction (backend calls, HTTP probes),
-then applies results in new short transactions through ``transition()``.
+Several hub replicas may share one database.  Work on an instance is claimed
+with a lease (``claimed_by``, ``lease_until``: one conditional UPDATE), renewed
+every third of its length while the replica lives, and taken over by another
+replica once it has lapsed; on SQLite there is one replica and every lease is
+its own.  Each pass (:meth:`Reconciler.tick`) claims and loads the active
+instances in one short transaction, then acts outside any transaction
+(backend calls, HTTP probes), then applies results in new short transactions
+through ``transition()`` (a compare-and-set on the status).
 
-Launches take a fast path: the API calls :meth:`Reconciler.kick` after
-recording a request, and a per-instance task submits it and watches it come
-up (backend observation plus an HTTP readiness probe, with a back-off from
-20 ms to 250 ms), so a launch is not held back by the tick interval.  Work in
-flight for an instance is tracked in ``_tasks`` so no instance is handled
-twice at once.  Tests drive it with an injected clock and ``await tick()``.
+Launches and stops take a fast path: the hub calls :meth:`Reconciler.wake`
+after a commit that asked for one (on this replica or, by notification, on
+another), and a per-instance task claims the instance, submits it and
+watches it come up (backend observation plus an HTTP readiness probe, with a
+back-off from 20 ms to 250 ms), so a launch is not held back by the tick
+interval.  ``_tasks`` holds this replica's work in flight, so no instance is
+handled twice at once here; the lease keeps other replicas off it.  Tests
+drive it with an injected clock and ``await tick()``.
 """
 
 from __future__ import annotations
@@ -18,73 +25,134 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import shutil
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
 from labhub.backends.local_isolation import group_name
-from labhub.models import ACTIVE, Instance, Status
-from labhub.services import accounts
-from labhub.services.errors import Conflict, Invalid, NotFound
+from labhub.catalog import Catalog
+from labhub.models import ACTIVE, Instance, Status, User
+from labhub.proxy.routes import Route, RouteTable
+from labhub.services import accounts, changes, users
+from labhub.services.errors import Conflict, Invalid, NotFound, ServiceError
 from labhub.services.instances import build_spec, request_stop
 from labhub.services.lifecycle import FINAL_FOR_STOP_REASON, can_transition, note, transition
-
-if TYPE_CHECKING:
-    from labhub.hub import Hub
+from labhub.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_IN_EVENTS = 20
 CALL_HOME_STATUSES = frozenset({Status.REQUESTED, Status.QUEUED, Status.STARTING, Status.RUNNING, Status.UNKNOWN})
+STARTABLE = frozenset({Status.REQUESTED, Status.QUEUED, Status.STARTING})
+ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 ORPHAN_SCAN_EVERY = 12  # ticks
+DELETION_SCAN_EVERY = 12  # ticks; sooner when a deletion is asked for or an instance of one ends
 LISTEN_POLL_S = 0.02  # how often a started instance is looked at until it listens
+RECHECK_S = 0.5  # a start watcher re-reads its instance at least this often
+
+# What a pass needs of each active instance: columns, not ORM objects (thousands per pass).
+PASS_COLUMNS = (Instance.id, Instance.status, Instance.backend, Instance.handle, Instance.expires_at, Instance.kind,
+                Instance.upstream, Instance.template, Instance.last_activity_at, Instance.started_at,
+                Instance.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What a launch spec takes from the hub: the instance's derived secret and its places."""
+
+    instance_token: Callable[[str], str]
+    home_for: Callable[[str], Path]
+    base_path: Callable[[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The reconciler's dependencies, and nothing else of the hub."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    backends: Mapping[str, Backend]
+    catalog: Callable[[], Catalog]  # the current one (the hub reloads it)
+    routes: RouteTable  # this replica's proxy's table
+    route_for: Callable[[Instance], Route | None]
+    launch: Launch
+    clock: Callable[[], dt.datetime]
+    settings: Settings
+    replica: str  # this replica's name in leases
 
 
 class Reconciler:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.replica = parts.replica
+        self.lease = dt.timedelta(seconds=parts.settings.lease_seconds)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._ticks = 0
-        self._flushed_activity: dict[str, float] = {}
-        self._stop_requested: set[str] = set()
-        self._naps: dict[str, asyncio.Event] = {}  # start watchers waiting; call-home wakes them
+        self._flushed_activity: dict[str, float] = {}  # what this replica last wrote (saves rewriting it)
+        self._recheck: set[str] = set()  # instances with work in flight that changed meanwhile
+        self._naps: dict[str, asyncio.Event] = {}  # start watchers waiting; a change wakes them
+        self._deletions_due = True
 
     # -- running ---------------------------------------------------------------
     def start(self) -> None:
         if self._loop is None:
             self._loop = asyncio.create_task(self._run(), name="labhub-reconciler")
+            self._renewer = asyncio.create_task(self._renew_leases(), name="labhub-leases")
 
     async def stop(self) -> None:
-        """Stop reconciling (the instances themselves keep running)."""
-        pending = {t for t in [self._loop, *self._tasks.values()] if t is not None}
+        """Stop reconciling and hand this replica's leases back (the instances keep running)."""
+        pending = {t for t in [self._loop, self._renewer, *self._tasks.values()] if t is not None}
         while pending:
             # Cancel again until they end: on Python 3.11 asyncio.wait_for() loses a
             # cancellation that arrives just as the awaitable it wraps finishes.
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
-        self._loop = None
+        was_running = self._loop is not None
+        self._loop = self._renewer = None
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.flush_activity()
+        if was_running:
+            with contextlib.suppress(Exception):
+                async with self._tx() as session:  # another replica takes them over at its next pass
+                    await session.execute(update(Instance).where(Instance.claimed_by == self.replica)
+                                          .values(claimed_by=None, lease_until=None))
 
-    def kick(self, instance_id: str | None = None, *, stop: bool = False) -> None:
-        """Wake the loop now (after a launch or stop request)."""
-        if stop and instance_id:
-            self._stop_requested.add(instance_id)
-        elif instance_id and self._loop is not None and instance_id not in self._tasks:
-            self._spawn(instance_id, self._start(instance_id))  # launch now, not on the next pass
+    def wake(self, instance_id: str) -> None:
+        """An instance changed (a launch or stop request, a call-home): look at it now."""
+        if self._loop is None:
+            self._wake.set()
+            return
+        if instance_id in self._tasks:
+            self._recheck.add(instance_id)
+            if (nap := self._naps.get(instance_id)) is not None:
+                nap.set()
+        else:
+            self._spawn(instance_id, self._drive(instance_id))
+
+    def wake_all(self) -> None:
+        """A pass now (e.g. after notifications may have been missed)."""
+        self._deletions_due = True
+        self._wake.set()
+
+    def wake_deletions(self) -> None:
+        self._deletions_due = True
         self._wake.set()
 
     async def _run(self) -> None:
-        interval = self.hub.settings.reconcile_interval
+        interval = min(self.parts.settings.reconcile_interval, self.lease.total_seconds() / 3)
         while True:
             try:
                 await self.tick()
@@ -105,65 +173,137 @@ class Reconciler:
     def _spawn(self, instance_id: str, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work, name=f"labhub-instance-{instance_id}")
         self._tasks[instance_id] = task
+        self._recheck.discard(instance_id)
 
         def done(t: asyncio.Task[None]) -> None:
             if self._tasks.get(instance_id) is t:
                 del self._tasks[instance_id]
             if not t.cancelled() and t.exception() is not None:
                 log.error("instance %s: work failed", instance_id, exc_info=t.exception())
+            if instance_id in self._recheck and self._loop is not None and not t.cancelled():
+                self._spawn(instance_id, self._drive(instance_id))  # it changed while we worked on it
             self._wake.set()
 
         task.add_done_callback(done)
 
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        """A short transaction whose instance changes are the reconciler's own (they wake nobody)."""
+        async with self.parts.sessions() as session, session.begin():
+            changes.quiet(session)
+            yield session
+
+    # -- leases ----------------------------------------------------------------
+    def _claimable(self, now: dt.datetime) -> Any:
+        return or_(Instance.claimed_by.is_(None), Instance.claimed_by == self.replica, Instance.lease_until < now)
+
+    async def _claim(self, instance_id: str) -> bool:
+        """Claim one active instance for this replica (unless another replica's lease on it holds)."""
+        now = self.parts.clock()
+        async with self._tx() as session:
+            claimed = await session.execute(
+                update(Instance).where(Instance.id == instance_id, Instance.status.in_(ACTIVE_VALUES),
+                                       self._claimable(now))
+                .values(claimed_by=self.replica, lease_until=now + self.lease)
+                .execution_options(synchronize_session=False))
+        return claimed.rowcount == 1
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease: renew this replica's claims; work whose claim was lost stops."""
+        every = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: the leases may lapse, and others take over
+                log.warning("renewing leases failed: %s", exc)
+
+    async def renew(self) -> None:
+        now = self.parts.clock()
+        async with self._tx() as session:
+            await session.execute(update(Instance).where(Instance.claimed_by == self.replica,
+                                                         Instance.status.in_(ACTIVE_VALUES))
+                                  .values(lease_until=now + self.lease).execution_options(synchronize_session=False))
+            busy = list(self._tasks)
+            held = set() if not busy else set((await session.execute(
+                select(Instance.id).where(Instance.id.in_(busy), Instance.claimed_by.is_not(None),
+                                          Instance.claimed_by != self.replica))).scalars())
+        for instance_id in held:  # taken over while this replica was too slow to renew: theirs now
+            log.warning("instance %s: another replica took it over; stopping work on it here", instance_id)
+            if (task := self._tasks.get(instance_id)) is not None:
+                task.cancel()
+
+    async def _drive(self, instance_id: str) -> None:
+        """Claim the instance and do what its status asks for (start it, stop it)."""
+        if not await self._claim(instance_id):
+            return
+        status = await self._status(instance_id)
+        if status in STARTABLE:
+            await self._start(instance_id)
+        elif status == Status.STOPPING:
+            await self._stop(instance_id)
+
     # -- one pass ----------------------------------------------------------------
     async def tick(self) -> None:
-        """One reconcile pass over every active instance."""
+        """One reconcile pass: claim what nobody works on, then go over this replica's instances."""
         self._ticks += 1
-        now = self.hub.clock()
-        async with self.hub.sessions() as session:
-            rows = (await session.execute(select(Instance).where(Instance.status.in_([s.value for s in ACTIVE])))).scalars()
-            instances = list(rows)
-        to_observe: dict[str, dict[str, Instance]] = {}
-        for inst in instances:
+        now = self.parts.clock()
+        async with self._tx() as session:
+            # one statement renews this replica's leases and takes unclaimed or lapsed ones over
+            await session.execute(update(Instance).where(Instance.status.in_(ACTIVE_VALUES), self._claimable(now))
+                                  .values(claimed_by=self.replica, lease_until=now + self.lease)
+                                  .execution_options(synchronize_session=False))
+            rows = (await session.execute(select(*PASS_COLUMNS).where(
+                Instance.claimed_by == self.replica, Instance.status.in_(ACTIVE_VALUES)))).all()
+        to_observe: dict[str, dict[str, Any]] = {}
+        running = []
+        for inst in rows:
             if inst.id in self._tasks:
                 continue
             if inst.status != Status.STOPPING and inst.expires_at <= now:
                 await self._request_stop(inst.id, "expired")
                 continue
-            if inst.status in (Status.REQUESTED, Status.QUEUED, Status.STARTING):
+            if inst.status in STARTABLE:
                 self._spawn(inst.id, self._start(inst.id))
             elif inst.status == Status.STOPPING:
                 self._spawn(inst.id, self._stop(inst.id))
             elif inst.status in (Status.RUNNING, Status.UNKNOWN):
                 to_observe.setdefault(inst.backend, {})[inst.id] = inst
+                running.append(inst)
         for backend_name, group in to_observe.items():
             await self._observe_running(backend_name, group)
-        await self._cull_idle(now)
+        await self._cull_idle(now, running)
         await self.flush_activity()
         if self._ticks % ORPHAN_SCAN_EVERY == 1:
             await self._clean_orphans()
+        if self._deletions_due or self._ticks % DELETION_SCAN_EVERY == 1:
+            self._deletions_due = False
+            await self._finish_deletions()
 
     # -- starting ------------------------------------------------------------------
     async def _start(self, instance_id: str) -> None:
-        hub = self.hub
-        async with hub.tx() as session:
+        parts, launch = self.parts, self.parts.launch
+        async with self._tx() as session:
             inst = await session.get(Instance, instance_id)
-            if inst is None or inst.status not in (Status.REQUESTED, Status.QUEUED, Status.STARTING):
+            if inst is None or inst.status not in STARTABLE:
                 return
             owner = inst.owner.name
             handle = inst.handle
-            backend = hub.backends.get(inst.backend)
-            template = hub.catalog.get(inst.template)
+            backend = parts.backends.get(inst.backend)
+            template = parts.catalog().get(inst.template)
             spec = None
             if template is not None and backend is not None:
-                prefix = hub.settings.account_prefix
+                prefix = parts.settings.account_prefix
                 account = await accounts.assign(session, user=inst.owner, prefix=prefix,
                                                 reserved=frozenset({group_name(prefix)}))
-                spec = build_spec(inst, template, owner=owner, token=hub.instance_token(inst.id),
-                                  home=hub.home_for(owner), base_url=hub.base_path(owner, inst.name),
+                spec = build_spec(inst, template, owner=owner, token=launch.instance_token(inst.id),
+                                  home=launch.home_for(owner), base_url=launch.base_path(owner, inst.name),
                                   backend=backend, account=account)
             ready_path = template.ready_path if template else None
-            timeout = (template.start_timeout if template and template.start_timeout else None) or hub.settings.start_timeout
+            timeout = (template.start_timeout if template and template.start_timeout else None) \
+                or parts.settings.start_timeout
             deadline = inst.start_deadline
         if backend is None or spec is None:
             what = f"backend {inst.backend!r} is not enabled" if backend is None else f"template {inst.template!r} no longer exists"
@@ -174,12 +314,19 @@ class Reconciler:
                 await self._apply(instance_id, Status.FAILED, "unsupported", "; ".join(f"{k}: {v}" for k, v in refused.items()))
                 return
             try:
-                handle = await backend.submit(spec)
+                # A replica that died between submitting and recording the handle left a live job:
+                # adopt it rather than start a second one.
+                handle = await backend.find(instance_id)
+                adopted = handle is not None
+                if handle is None:
+                    handle = await backend.submit(spec)
             except BackendError as exc:
                 await self._apply(instance_id, Status.FAILED, "submit_failed", f"{backend.name} backend: {exc}")
                 return
-            deadline = hub.clock() + dt.timedelta(seconds=timeout)
-            async with hub.tx() as session:
+            if adopted:
+                log.info("instance %s: adopted its running job from a replica that stopped", instance_id)
+            deadline = parts.clock() + dt.timedelta(seconds=timeout)
+            async with self._tx() as session:
                 # The handle is recorded whatever the status became meanwhile (a stop needs it);
                 # a plain UPDATE, not the ORM's, whose status check would refuse it after a stop.
                 found = await session.execute(update(Instance).where(Instance.id == instance_id)
@@ -203,6 +350,7 @@ class Reconciler:
         pending_reported = ""
         while True:
             obs = await backend.observe(instance_id, handle)
+            parts = self.parts
             if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
                 message = obs.message or f"exited ({obs.phase})"
                 tail = await self._log_tail(backend, handle)
@@ -229,19 +377,26 @@ class Reconciler:
                 # alive is ready (a job, or a template that listens nowhere); a URL may follow
                 await self._became_ready(instance_id, None, time.monotonic() - started)
                 return
-            if self.hub.clock() >= deadline:
+            if parts.clock() >= deadline:
                 message = f"did not become ready within {timeout:g} s"
                 if obs.message:
                     message += f"; {backend.name} says: {obs.message}"
                 message += await self._log_tail(backend, handle)
-                await backend.terminate(handle, grace=self.hub.settings.stop_grace)
+                await backend.terminate(handle, grace=parts.settings.stop_grace)
                 await self._apply(instance_id, Status.FAILED, "start_timeout", message)
                 return
             now = time.monotonic()
-            if instance_id in self._stop_requested or now - last_db_check > 0.5:
+            if instance_id in self._recheck or now - last_db_check > RECHECK_S:
+                # a change (a stop, a call-home on any replica) or just a while: the database says
+                self._recheck.discard(instance_id)
                 last_db_check = now
-                if await self._status(instance_id) not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
-                    return  # a stop was requested; the next pass stops it
+                status, stored = await self._status_and_handle(instance_id)
+                if status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
+                    if status == Status.STOPPING:
+                        self._recheck.add(instance_id)  # stopped as soon as this task ends
+                    return
+                if stored is not None:
+                    handle = stored
             if not waited:
                 # Alive but not listening yet (no URL until the backend has seen its listener): look
                 # again soon, as the connect polls do, rather than after a growing back-off.
@@ -267,18 +422,19 @@ class Reconciler:
 
     async def _became_ready(self, instance_id: str, url: str | None, took: float) -> None:
         try:
-            async with self.hub.tx() as session:
+            async with self._tx() as session:
                 inst = await session.get(Instance, instance_id)
                 if inst is None or inst.status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
                     return
                 inst.upstream = url
                 transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s",
-                           now=self.hub.clock())
-                route = self.hub.route_for(inst)
+                           now=self.parts.clock())
+                route = self.parts.route_for(inst)
         except StaleDataError:
+            self._recheck.add(instance_id)
             return  # stopped while it became ready: the stop stands
         if route is not None:
-            self.hub.routes.add(route)
+            self.parts.routes.add(route)  # here at once; other replicas follow the notification
 
     # -- call-home ---------------------------------------------------------------------
     async def call_home(self, instance_id: str, report: dict[str, Any]) -> None:
@@ -288,12 +444,14 @@ class Reconciler:
         hub still knows the URL) and the instance's start watcher is woken to look.
         Raises NotFound (no such starting/running instance), Conflict (its job is
         not recorded yet: the launcher retries) or Invalid (the backend refused it).
+        Any replica may take the call: the stored handle wakes the watcher on the
+        replica that holds the instance's lease (the commit notifies it).
         """
-        async with self.hub.sessions() as session:
+        async with self.parts.sessions() as session:
             inst = await session.get(Instance, instance_id)
             if inst is None or inst.status not in CALL_HOME_STATUSES:
                 raise NotFound("no such starting or running instance")
-            handle, backend = inst.handle, self.hub.backends.get(inst.backend)
+            handle, backend = inst.handle, self.parts.backends.get(inst.backend)
         if backend is None:
             raise NotFound(f"backend {inst.backend!r} is not enabled")
         if handle is None:
@@ -302,18 +460,17 @@ class Reconciler:
             updated = backend.called_home(instance_id, handle, report)
         except BackendError as exc:
             raise Invalid(f"call-home refused: {exc}") from exc
-        async with self.hub.tx() as session:
+        async with self.parts.sessions() as session, session.begin():  # not quiet: the lease holder wakes
             inst = await session.get(Instance, instance_id)
             if inst is not None and inst.handle == handle:
                 await session.execute(update(Instance).where(Instance.id == instance_id).values(handle=updated))
                 note(session, inst, reason="called_home", message=f"the instance reported its address "
-                     f"{updated.get('url', '')}", now=self.hub.clock())
-        if (nap := self._naps.get(instance_id)) is not None:
-            nap.set()  # its start watcher looks again now, not after its back-off
+                     f"{updated.get('url', '')}", now=self.parts.clock())
 
     # -- running ---------------------------------------------------------------------
-    async def _observe_running(self, backend_name: str, group: dict[str, Instance]) -> None:
-        backend = self.hub.backends.get(backend_name)
+    async def _observe_running(self, backend_name: str, group: dict[str, Any]) -> None:
+        parts = self.parts
+        backend = parts.backends.get(backend_name)
         if backend is None:
             return
         handles = {iid: inst.handle or {} for iid, inst in group.items()}
@@ -324,7 +481,7 @@ class Reconciler:
         for iid, obs in observations.items():
             inst = group[iid]
             if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
-                self.hub.routes.remove_instance(iid)
+                parts.routes.remove_instance(iid)
                 tail = await self._log_tail(backend, handles[iid])
                 await self._release(backend, iid, handles[iid])
                 if obs.phase == Phase.SUCCEEDED and inst.kind == "job":
@@ -340,18 +497,19 @@ class Reconciler:
                 await self._apply(iid, Status.RUNNING, "recovered", f"{backend.name} backend reachable again")
             if obs.phase == Phase.RUNNING and obs.url and obs.url != inst.upstream:
                 route = None
-                async with self.hub.tx() as session:
+                async with self._tx() as session:
                     await session.execute(update(Instance).where(Instance.id == iid).values(upstream=obs.url))
                     row = await session.get(Instance, iid)
                     if row is not None and row.status in (Status.RUNNING, Status.UNKNOWN):
-                        route = self.hub.route_for(row)
+                        changes.instance(session, iid, row.owner_id)  # other replicas' routes follow
+                        route = parts.route_for(row)
                 if route is not None:
-                    self.hub.routes.add(route)
+                    parts.routes.add(route)
 
     # -- stopping -----------------------------------------------------------------------
     async def _request_stop(self, instance_id: str, reason: str) -> None:
         try:
-            async with self.hub.tx() as session:
+            async with self._tx() as session:
                 inst = await session.get(Instance, instance_id)
                 if inst is not None:
                     request_stop(session, inst, actor=None, reason=reason)
@@ -360,23 +518,22 @@ class Reconciler:
         self._spawn(instance_id, self._stop(instance_id))
 
     async def _stop(self, instance_id: str) -> None:
-        hub = self.hub
-        self._stop_requested.discard(instance_id)
-        hub.routes.remove_instance(instance_id)
-        async with hub.sessions() as session:
+        parts = self.parts
+        parts.routes.remove_instance(instance_id)
+        async with parts.sessions() as session:
             inst = await session.get(Instance, instance_id)
             if inst is None or inst.status != Status.STOPPING:
                 return
-            handle, backend, why = inst.handle, hub.backends.get(inst.backend), inst.reason
+            handle, backend, why = inst.handle, parts.backends.get(inst.backend), inst.reason
         gone = True
         if handle and backend is not None:
             try:
-                gone = await backend.terminate(handle, grace=hub.settings.stop_grace)
+                gone = await backend.terminate(handle, grace=parts.settings.stop_grace)
             except BackendError as exc:
                 log.warning("instance %s: terminate failed: %s", instance_id, exc)
                 gone = False
         if not gone:
-            async with hub.tx() as session:
+            async with self._tx() as session:
                 inst = await session.get(Instance, instance_id)
                 if inst is not None:
                     note(session, inst, reason="stop_retry", message="could not confirm the stop yet; retrying")
@@ -385,54 +542,95 @@ class Reconciler:
         message = {"expired": "expired: its duration ran out", "idle": "stopped: idle for too long",
                    "admin": "stopped by an admin", "user": "stopped by the owner"}.get(why, f"stopped ({why})")
         await self._apply(instance_id, final, why or "stopped", message)
+        if why == "user_deleted":
+            self.wake_deletions()
 
-    async def _cull_idle(self, now: dt.datetime) -> None:
-        for route in self.hub.routes.all():
-            async with self.hub.sessions() as session:
-                inst = await session.get(Instance, route.instance_id)
-                if inst is None or inst.status != Status.RUNNING:
-                    continue
-                template = self.hub.catalog.get(inst.template)
-                if template is None or template.idle_timeout_hours is None:
-                    continue
-                last = max(route.last_activity, (inst.started_at or inst.created_at).timestamp())
-            if now.timestamp() - last > template.idle_timeout_hours * 3600:
-                await self._request_stop(route.instance_id, "idle")
+    async def _cull_idle(self, now: dt.datetime, running: list[Any]) -> None:
+        """Stop this replica's running instances idle for longer than their template allows.
+
+        Activity is the latest of what any replica's proxy saw (flushed to the database)
+        and what this one saw since its last flush."""
+        catalog = self.parts.catalog()
+        idle = []
+        for inst in running:
+            template = catalog.get(inst.template)
+            if inst.status == Status.RUNNING and template is not None and template.idle_timeout_hours is not None:
+                idle.append((inst, template.idle_timeout_hours))
+        if not idle:
+            return
+        local = {r.instance_id: r.last_activity for r in self.parts.routes.all()}
+        for inst, hours in idle:
+            seen = [(inst.started_at or inst.created_at).timestamp(), local.get(inst.id, 0.0)]
+            if inst.last_activity_at is not None:
+                seen.append(inst.last_activity_at.timestamp())
+            if now.timestamp() - max(seen) > hours * 3600:
+                await self._request_stop(inst.id, "idle")
 
     async def flush_activity(self) -> None:
-        """Write the proxy's in-memory last-activity times to the database."""
-        changed = [(r.instance_id, r.last_activity) for r in self.hub.routes.all()
+        """Write this replica's proxy's last-activity times to the database (never backwards:
+        another replica may have seen later activity)."""
+        changed = [(r.instance_id, r.last_activity) for r in self.parts.routes.all()
                    if r.last_activity and r.last_activity != self._flushed_activity.get(r.instance_id)]
         if not changed:
             return
-        async with self.hub.tx() as session:
+        async with self._tx() as session:
             for iid, ts in changed:
-                await session.execute(update(Instance).where(Instance.id == iid)
-                                      .values(last_activity_at=dt.datetime.fromtimestamp(ts, dt.UTC)))
+                at = dt.datetime.fromtimestamp(ts, dt.UTC)
+                await session.execute(update(Instance).where(
+                    Instance.id == iid, or_(Instance.last_activity_at.is_(None), Instance.last_activity_at < at))
+                    .values(last_activity_at=at).execution_options(synchronize_session=False))
         self._flushed_activity.update(changed)
 
     async def _clean_orphans(self) -> None:
-        async with self.hub.sessions() as session:
-            known = set((await session.execute(select(Instance.id).where(Instance.status.in_([s.value for s in ACTIVE])))).scalars())
-        for backend in self.hub.backends.values():
+        """Terminate backend jobs of this hub that no active instance accounts for.
+
+        The jobs are listed first and the database read after: a job exists only once its
+        instance's row was committed, so a launch in flight on any replica is never taken
+        for an orphan."""
+        for backend in self.parts.backends.values():
             try:
                 owned = await backend.list_owned()
             except BackendError as exc:
                 log.warning("%s backend: cannot list instances: %s", backend.name, exc)
                 continue
+            ids = sorted({str(h.get("instance_id")) for h in owned if h.get("instance_id")})
+            if not ids:
+                continue
+            async with self.parts.sessions() as session:
+                known = set((await session.execute(select(Instance.id).where(
+                    Instance.id.in_(ids), Instance.status.in_(ACTIVE_VALUES)))).scalars())
             for handle in owned:
                 iid = handle.get("instance_id")
                 if iid and iid not in known and iid not in self._tasks:
                     log.warning("%s backend: terminating orphan %s", backend.name, iid)
-                    await backend.terminate(handle, grace=self.hub.settings.stop_grace)
+                    await backend.terminate(handle, grace=self.parts.settings.stop_grace)
 
-    async def restore_routes(self) -> None:
-        """At start: routes for every running instance, from the database."""
-        async with self.hub.sessions() as session:
-            for inst in await self.hub.running_instances(session):
-                route = self.hub.route_for(inst)
-                if route is not None:
-                    self.hub.routes.add(route)
+    # -- account deletions --------------------------------------------------------------
+    async def _finish_deletions(self) -> None:
+        """Delete the accounts waiting for it whose instances have all ended (any replica may;
+        the deletion is one transaction, so two replicas cannot both do it)."""
+        async with self.parts.sessions() as session:
+            waiting = list((await session.execute(
+                select(User.name, User.deleting_by).where(User.deleting_by.is_not(None)))).all())
+        for name, by in waiting:
+            try:
+                async with self._tx() as session:
+                    actor = await users.get_user(session, name=by)
+                    if actor is None or not actor.is_admin:
+                        log.warning("deleting %s: %s is no longer an admin; the account stays disabled", name, by)
+                        user = await users.get_user(session, name=name)
+                        if user is not None:
+                            user.deleting_by = None
+                        continue
+                    result = await users.delete_user(session, actor=actor, name=name)
+            except ServiceError as exc:  # deleted meanwhile, or no longer deletable
+                log.info("deleting %s: %s", name, exc)
+                continue
+            if result.deleted:
+                home = self.parts.launch.home_for(name)
+                if home.exists():
+                    await asyncio.to_thread(shutil.rmtree, home, ignore_errors=True)
+                log.info("deleted account %s (asked by %s)", name, by)
 
     # -- helpers ------------------------------------------------------------------------------
     async def _apply(self, instance_id: str, to: Status, reason: str, message: str, *,
@@ -444,7 +642,7 @@ class Reconciler:
         read): if another request moved it meanwhile (a stop), that move stands and this one is dropped.
         """
         try:
-            async with self.hub.tx() as session:
+            async with self._tx() as session:
                 inst = await session.get(Instance, instance_id)
                 if inst is None:
                     return None
@@ -454,13 +652,14 @@ class Reconciler:
                 if (only_from is not None and current != only_from) or not can_transition(current, to):
                     log.info("instance %s: not moving %s -> %s (%s)", instance_id, current, to, reason)
                     return current
-                transition(session, inst, to, reason=reason, message=message, now=self.hub.clock())
+                transition(session, inst, to, reason=reason, message=message, now=self.parts.clock())
         except StaleDataError:
             log.info("instance %s: changed while moving it to %s (%s); the other change stands", instance_id,
                      to, reason)
+            self._recheck.add(instance_id)
             return await self._status(instance_id)
         if to not in (Status.RUNNING, Status.UNKNOWN):
-            self.hub.routes.remove_instance(instance_id)
+            self.parts.routes.remove_instance(instance_id)
         return to
 
     async def _release(self, backend: Backend, instance_id: str, handle: Handle) -> None:
@@ -472,8 +671,14 @@ class Reconciler:
             log.warning("instance %s: cleaning up after it ended failed: %s", instance_id, exc)
 
     async def _status(self, instance_id: str) -> str | None:
-        async with self.hub.sessions() as session:
+        async with self.parts.sessions() as session:
             return (await session.execute(select(Instance.status).where(Instance.id == instance_id))).scalar_one_or_none()
+
+    async def _status_and_handle(self, instance_id: str) -> tuple[str | None, Handle | None]:
+        async with self.parts.sessions() as session:
+            row = (await session.execute(select(Instance.status, Instance.handle)
+                                         .where(Instance.id == instance_id))).first()
+        return (None, None) if row is None else (row.status, row.handle)
 
     async def _log_tail(self, backend: Backend, handle: Handle) -> str:
         try:

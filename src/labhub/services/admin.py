@@ -3,8 +3,9 @@
 User management (add, disable/enable, make/remove admin), listings that stay
 fast with 10,000 users (keyset pagination on the unique, indexed user name),
 every user's instances with filters, and the system report.  Every change is
-written to the audit log.  Callers kick the reconciler for the instance ids a
-change returns, and drop cached credentials after a change to a user.
+written to the audit log.  Instances a change stops are woken after commit
+(see :mod:`labhub.services.changes`); callers drop cached credentials after a
+change to a user.
 """
 
 from __future__ import annotations

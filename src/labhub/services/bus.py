@@ -1,40 +1,69 @@
-"""In-process publish/subscribe of instance events, for Server-Sent Events."""
+"""Wake-ups for event streams: "instance X of owner Y has new events".
+
+The events themselves are rows (the database is the only state, whichever
+replica wrote them); a signal only tells a waiting Server-Sent Events stream
+to read the rows after the last one it sent.  Signals come from this
+replica's commits and from other replicas' notifications alike.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+
+Key = tuple[str, object]  # ("instance", id) | ("owner", user id) | ("all", None)
+
+
+class Subscription:
+    """What one stream waits on; a signal that comes while it reads is not lost."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 (a bounded wait is the point)
+        """True when signalled (and re-armed), False after ``timeout`` s of quiet."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        fired = self._event.is_set()
+        self._event.clear()
+        return fired
 
 
 class EventBus:
-    """Fan out event dicts to subscribers of an instance, or of all instances.
+    """Fans signals out to the subscriptions of an instance, of an owner, or of everything."""
 
-    Each subscriber has a bounded queue; a subscriber that falls behind loses
-    its oldest events rather than slowing publishers (it can re-read the
-    database, which is the source of truth).
-    """
+    def __init__(self) -> None:
+        self._subs: dict[Key, set[Subscription]] = defaultdict(set)
 
-    def __init__(self, maxsize: int = 1000) -> None:
-        self._subs: dict[str | None, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
-        self._maxsize = maxsize
+    def publish(self, instance_id: str, owner_id: int) -> None:
+        for key in (("instance", instance_id), ("owner", owner_id), ("all", None)):
+            for sub in self._subs.get(key, ()):
+                sub.set()
 
-    def publish(self, event: dict[str, Any]) -> None:
-        for key in (event.get("instance_id"), None):
-            for queue in self._subs.get(key, ()):
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(event)
+    def publish_all(self) -> None:
+        """Everybody looks again (after this replica may have missed notifications)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.set()
 
     @asynccontextmanager
-    async def subscribe(self, instance_id: str | None = None) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._maxsize)
-        self._subs[instance_id].add(queue)
+    async def subscribe(self, *, instance_id: str | None = None,
+                        owner_id: int | None = None) -> AsyncIterator[Subscription]:
+        """Signals for one instance, one owner's instances, or (neither given) all instances."""
+        key: Key = ("instance", instance_id) if instance_id is not None else (
+            ("owner", owner_id) if owner_id is not None else ("all", None))
+        sub = Subscription()
+        self._subs[key].add(sub)
         try:
-            yield queue
+            yield sub
         finally:
-            self._subs[instance_id].discard(queue)
-            if not self._subs[instance_id]:
-                del self._subs[instance_id]
+            self._subs[key].discard(sub)
+            if not self._subs[key]:
+                del self._subs[key]

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.models import TERMINAL, Event, Instance, Status, utcnow
+from labhub.services import changes
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ def _utf8(text: str) -> bytes:
 
 
 def record_event(session: AsyncSession, event: Event, *, owner_id: int) -> None:
-    session.info.setdefault("labhub_events", []).append((event, owner_id))
+    """The instance changed: announced after commit (event streams, routes, the reconciler)."""
+    changes.instance(session, event.instance_id, owner_id)
 
 
 def event_dict(event: Event) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.auth import audit
 from labhub.models import ACTIVE, Instance, Role, Status, User, UserStatus, utcnow
-from labhub.services import credentials, security
+from labhub.services import changes, credentials, security
 from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
 from labhub.services.lifecycle import can_transition, transition
 
@@ -169,8 +169,9 @@ async def delete_user(session: AsyncSession, *, actor: User, name: str, address:
 
     With active instances the account is disabled at once (so nothing new
     starts), each instance is asked to stop (reason ``user_deleted``) and the
-    result says ``deleted=False``: call again once they have ended (the API
-    does that in the background).  Without active instances the user row
+    result says ``deleted=False``; the account is marked (``deleting_by``) and
+    the reconciler, on any replica, calls this again once they have ended.
+    Without active instances the user row
     goes, and with it (by cascade) tokens, sessions, memberships, identities
     and ended instances with their events; the caller removes the home
     directory after the commit.  Nobody deletes themselves or the last admin.
@@ -190,6 +191,9 @@ async def delete_user(session: AsyncSession, *, actor: User, name: str, address:
             set_status(user, UserStatus.DISABLED, f"deleting (requested by {actor.name})")
             audit.record(session, actor=actor, action="user.delete_requested", target=name, address=address,
                          instances=[i.id for i in active])
+        if user.deleting_by != actor.name:
+            user.deleting_by = actor.name
+            changes.deletion(session)
         await credentials.end_sessions(session, user=user)
         for inst in active:
             if inst.status != Status.STOPPING and can_transition(inst.status, Status.STOPPING):

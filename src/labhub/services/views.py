@@ -181,8 +181,11 @@ async def last_event_id(session: AsyncSession) -> int:
     return (await session.execute(select(func.max(Event.id)))).scalar_one() or 0
 
 
+EVENTS_SINCE_LIMIT = 500
+
+
 async def events_since(session: AsyncSession, *, user: User, after: int, all_owners: bool = False,
-                       limit: int = 500) -> list[dict[str, Any]]:
+                       limit: int = EVENTS_SINCE_LIMIT) -> list[dict[str, Any]]:
     """Events after ``after`` on the user's instances (admins with ``all_owners``: everyone's)."""
     if all_owners and not user.is_admin:
         raise Forbidden("only admins may watch every user's instances")

@@ -98,11 +98,9 @@ def _back(next_url: str, done: str, who: str) -> RedirectResponse:
 async def disable(name: str, request: Request, actor: AdminPage, session: SessionDep, hub: HubDep,
                   csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
     check_csrf(request, csrf_token)
-    stopping = await admin.disable_user(session, actor=actor, name=name)
+    await admin.disable_user(session, actor=actor, name=name)
     await session.commit()
     hub.credentials_changed()  # cached sessions and tokens of this user must stop working now
-    for instance_id in stopping:
-        hub.reconciler.kick(instance_id, stop=True)
     return _back(next, "disabled", name)
 
 

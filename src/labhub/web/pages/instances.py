@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -67,7 +66,6 @@ async def stop(instance_id: str, request: Request, user: PageUser, session: Sess
     check_csrf(request, csrf_token)
     await session.commit()  # the stop is its own transaction (retried if the hub moves the instance meanwhile)
     inst = await svc.stop(hub.tx, user_id=user.id, instance_id=instance_id)
-    hub.reconciler.kick(inst.id, stop=True)
     return RedirectResponse(safe_next(next or f"/instances/{inst.id}"), status_code=303)
 
 
@@ -100,26 +98,25 @@ async def live(request: Request, user: PageUser, session: SessionDep, hub: HubDe
 
 
 async def _live(hub: Hub, user: User, after: int, all_owners: bool, request: Request) -> AsyncIterator[bytes]:
-    async with hub.bus.subscribe(None) as queue:  # subscribe first: nothing falls between backlog and live
-        async with hub.sessions() as session:
-            backlog = await views.events_since(session, user=user, after=after, all_owners=all_owners)
+    """Events from the database after ``after``, then again whenever a commit (on any replica) signals."""
+    async with hub.bus.subscribe(owner_id=None if all_owners else user.id) as signal:  # first: no gap
         last = after
-        for event in backlog:
-            last = event["id"]
-            yield _sse(event)
-        yield b": live\n\n"
+        greeted = False
         while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
-            except TimeoutError:
+            async with hub.sessions() as session:
+                batch = await views.events_since(session, user=user, after=last, all_owners=all_owners)
+            for event in batch:
+                last = event["id"]
+                yield _sse(event)
+            if not greeted:
+                greeted = True
+                yield b": live\n\n"
+            if len(batch) >= views.EVENTS_SINCE_LIMIT:
+                continue
+            if not await signal.wait(timeout=KEEPALIVE_S):
                 if await request.is_disconnected():
                     return
                 yield b": keep-alive\n\n"
-                continue
-            if event["id"] <= last or (not all_owners and event.get("owner_id") != user.id):
-                continue
-            last = event["id"]
-            yield _sse(event)
 
 
 def _sse(event: dict) -> bytes:

@@ -112,7 +112,6 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
         return await _form_page(request, session, hub, user, tpl, form=form, fields=exc.fields, status=exc.status,
                                 error=_sentence(exc.message) if not exc.fields else "Some fields need a change.")
     await session.commit()
-    hub.reconciler.kick(inst.id)
     return RedirectResponse(f"/instances/{inst.id}/progress", status_code=303)
 
 
@@ -139,5 +138,4 @@ async def retry(instance_id: str, request: Request, user: PageUser, session: Ses
     except ServiceError:  # the name is taken again, or the template changed: let the user choose
         return RedirectResponse(f"/launch/{old.template}?again={old.id}", status_code=303)
     await session.commit()
-    hub.reconciler.kick(inst.id)
     return RedirectResponse(f"/instances/{inst.id}/progress", status_code=303)
