@@ -7,7 +7,10 @@ start by :func:`upgrade` (and by ``labhub db upgrade``).
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -117,9 +120,28 @@ def _upgrade_sync(connection: Connection) -> None:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (a no-op when it is there)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade_sync)
+    """Bring the schema to the newest revision (a no-op when it is there).
+
+    Safe to run while other processes do the same: PostgreSQL serialises them with an
+    advisory lock (in :func:`_upgrade_sync`), a SQLite file with a lock file beside it."""
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:":
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_sync)
+        return
+    lock = await asyncio.to_thread(_lock_file, Path(f"{database}.migrate-lock"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_sync)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _lock_file(path: Path) -> int:
+    """An exclusive lock on ``path`` (created private), waiting for it; returns the descriptor."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 @asynccontextmanager

@@ -119,6 +119,7 @@ class Hub:
         if self.shared:  # before the routes are read: a change made meanwhile is not missed
             self._listener = notify.Listener(self.settings.effective_database_url, self._notified, self._connected)
             await self._listener.start()
+        await self.reconciler.join()
         await self.reload_routes()
         self.background(self._keep_routes(), name="labhub-routes")
         if reconcile:

@@ -3,6 +3,7 @@
 from labhub.models.base import Base, UTCDateTime, utcnow
 from labhub.models.instance import ACTIVE, ROUTED, TERMINAL, AuditEvent, Event, Instance, Kind, Status
 from labhub.models.origin import OriginGrant
+from labhub.models.replica import Replica
 from labhub.models.user import (
     ApiToken,
     Group,
@@ -17,6 +18,6 @@ from labhub.models.user import (
 
 __all__ = [
     "ACTIVE", "ROUTED", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
-    "LoginSession", "Membership", "OriginGrant", "Role", "Status", "SystemAccount", "UTCDateTime", "User", "UserStatus",
+    "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User", "UserStatus",
     "utcnow",
 ]

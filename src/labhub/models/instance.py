@@ -76,10 +76,9 @@ class Instance(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     start_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    # The lease: the hub replica working on this instance, and until when its claim holds
-    # (renewed while it works; another replica takes over once it has passed).
+    # The lease: the hub replica (``Replica.id``) that works on this instance; it holds while that
+    # replica's heartbeat is recent, and another replica takes the work over once it is not.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
-    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     owner: Mapped[User] = relationship(lazy="joined")
 

@@ -1,11 +1,14 @@
 """The reconciler: drives every instance from what the database says.
 
 Several hub replicas may share one database.  Work on an instance is claimed
-with a lease (``claimed_by``, ``lease_until``: one conditional UPDATE), renewed
-every third of its length while the replica lives, and taken over by another
-replica once it has lapsed; on SQLite there is one replica and every lease is
-its own.  Each pass (:meth:`Reconciler.tick`) claims and loads the active
-instances in one short transaction, then acts outside any transaction
+with a lease: ``claimed_by`` names the replica, taken with one conditional
+UPDATE.  A lease holds while its replica's heartbeat (its ``replicas`` row,
+renewed every third of ``LABHUB_LEASE_SECONDS``: one row, however many
+instances) is recent; once it is not, another replica's pass takes the work
+over.  On SQLite there is one replica and every lease is its own.
+
+Each pass (:meth:`Reconciler.tick`) claims and loads the active instances in
+one short transaction, then acts outside any transaction
 (backend calls, HTTP probes), then applies results in new short transactions
 through ``transition()`` (a compare-and-set on the status).
 
@@ -25,7 +28,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -33,14 +38,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
 from labhub.backends.local_isolation import group_name
 from labhub.catalog import Catalog
-from labhub.models import ACTIVE, Instance, Status, User
+from labhub import __version__
+from labhub.models import ACTIVE, Instance, Replica, Status, User
 from labhub.proxy.routes import Route, RouteTable
 from labhub.services import accounts, changes, users
 from labhub.services.errors import Conflict, Invalid, NotFound, ServiceError
@@ -58,6 +64,7 @@ ORPHAN_SCAN_EVERY = 12  # ticks
 DELETION_SCAN_EVERY = 12  # ticks; sooner when a deletion is asked for or an instance of one ends
 LISTEN_POLL_S = 0.02  # how often a started instance is looked at until it listens
 RECHECK_S = 0.5  # a start watcher re-reads its instance at least this often
+REPLICA_FORGOTTEN = dt.timedelta(days=1)
 
 # What a pass needs of each active instance: columns, not ORM objects (thousands per pass).
 PASS_COLUMNS = (Instance.id, Instance.status, Instance.backend, Instance.handle, Instance.expires_at, Instance.kind,
@@ -111,7 +118,9 @@ class Reconciler:
             self._renewer = asyncio.create_task(self._renew_leases(), name="labhub-leases")
 
     async def stop(self) -> None:
-        """Stop reconciling and hand this replica's leases back (the instances keep running)."""
+        """Stop reconciling and hand this replica's leases back (the instances keep running).
+
+        Another replica takes them over at its next pass, without waiting for a heartbeat to lapse."""
         pending = {t for t in [self._loop, self._renewer, *self._tasks.values()] if t is not None}
         while pending:
             # Cancel again until they end: on Python 3.11 asyncio.wait_for() loses a
@@ -126,9 +135,10 @@ class Reconciler:
             await self.flush_activity()
         if was_running:
             with contextlib.suppress(Exception):
-                async with self._tx() as session:  # another replica takes them over at its next pass
+                async with self._tx() as session:
                     await session.execute(update(Instance).where(Instance.claimed_by == self.replica)
-                                          .values(claimed_by=None, lease_until=None))
+                                          .values(claimed_by=None).execution_options(synchronize_session=False))
+                    await session.execute(delete(Replica).where(Replica.id == self.replica))
 
     def wake(self, instance_id: str) -> None:
         """An instance changed (a launch or stop request, a call-home): look at it now."""
@@ -194,22 +204,36 @@ class Reconciler:
             yield session
 
     # -- leases ----------------------------------------------------------------
-    def _claimable(self, now: dt.datetime) -> Any:
-        return or_(Instance.claimed_by.is_(None), Instance.claimed_by == self.replica, Instance.lease_until < now)
+    async def join(self) -> None:
+        """Record this replica (its heartbeat) before it claims anything."""
+        async with self._tx() as session:
+            await self._beat(session)
+
+    async def _beat(self, session: AsyncSession) -> None:
+        now = self.parts.clock()
+        beat = await session.execute(update(Replica).where(Replica.id == self.replica).values(heartbeat_at=now)
+                                     .execution_options(synchronize_session=False))
+        if beat.rowcount == 0:  # new, or removed by another replica after it looked dead
+            session.add(Replica(id=self.replica, host=socket.gethostname()[:255], pid=os.getpid(),
+                                version=__version__, started_at=now, heartbeat_at=now))
+
+    def _orphaned(self, now: dt.datetime) -> Any:
+        """Claims nobody holds: no replica, or one whose heartbeat has lapsed."""
+        alive = select(Replica.id).where(Replica.heartbeat_at >= now - self.lease)
+        return or_(Instance.claimed_by.is_(None), Instance.claimed_by.not_in(alive))
 
     async def _claim(self, instance_id: str) -> bool:
-        """Claim one active instance for this replica (unless another replica's lease on it holds)."""
+        """Claim one active instance for this replica (unless a live replica holds it)."""
         now = self.parts.clock()
         async with self._tx() as session:
             claimed = await session.execute(
                 update(Instance).where(Instance.id == instance_id, Instance.status.in_(ACTIVE_VALUES),
-                                       self._claimable(now))
-                .values(claimed_by=self.replica, lease_until=now + self.lease)
-                .execution_options(synchronize_session=False))
+                                       or_(Instance.claimed_by == self.replica, self._orphaned(now)))
+                .values(claimed_by=self.replica).execution_options(synchronize_session=False))
         return claimed.rowcount == 1
 
     async def _renew_leases(self) -> None:
-        """Every third of the lease: renew this replica's claims; work whose claim was lost stops."""
+        """Every third of the lease: the heartbeat; work whose claim was lost stops."""
         every = self.lease.total_seconds() / 3
         while True:
             await asyncio.sleep(every)
@@ -221,11 +245,8 @@ class Reconciler:
                 log.warning("renewing leases failed: %s", exc)
 
     async def renew(self) -> None:
-        now = self.parts.clock()
         async with self._tx() as session:
-            await session.execute(update(Instance).where(Instance.claimed_by == self.replica,
-                                                         Instance.status.in_(ACTIVE_VALUES))
-                                  .values(lease_until=now + self.lease).execution_options(synchronize_session=False))
+            await self._beat(session)
             busy = list(self._tasks)
             held = set() if not busy else set((await session.execute(
                 select(Instance.id).where(Instance.id.in_(busy), Instance.claimed_by.is_not(None),
@@ -251,10 +272,11 @@ class Reconciler:
         self._ticks += 1
         now = self.parts.clock()
         async with self._tx() as session:
-            # one statement renews this replica's leases and takes unclaimed or lapsed ones over
-            await session.execute(update(Instance).where(Instance.status.in_(ACTIVE_VALUES), self._claimable(now))
-                                  .values(claimed_by=self.replica, lease_until=now + self.lease)
-                                  .execution_options(synchronize_session=False))
+            await self._beat(session)
+            # what nobody holds (new, or its replica died) is this replica's now: one statement,
+            # touching only those rows
+            await session.execute(update(Instance).where(Instance.status.in_(ACTIVE_VALUES), self._orphaned(now))
+                                  .values(claimed_by=self.replica).execution_options(synchronize_session=False))
             rows = (await session.execute(select(*PASS_COLUMNS).where(
                 Instance.claimed_by == self.replica, Instance.status.in_(ACTIVE_VALUES)))).all()
         to_observe: dict[str, dict[str, Any]] = {}
@@ -278,6 +300,8 @@ class Reconciler:
         await self.flush_activity()
         if self._ticks % ORPHAN_SCAN_EVERY == 1:
             await self._clean_orphans()
+            async with self._tx() as session:  # replicas gone for a day are forgotten
+                await session.execute(delete(Replica).where(Replica.heartbeat_at < now - REPLICA_FORGOTTEN))
         if self._deletions_due or self._ticks % DELETION_SCAN_EVERY == 1:
             self._deletions_due = False
             await self._finish_deletions()

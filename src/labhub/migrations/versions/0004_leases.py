@@ -1,7 +1,7 @@
-"""several replicas: instance leases, and account deletions the reconciler drives
+"""several replicas: replicas' heartbeats, instance leases, account deletions the reconciler drives
 
-Every change is additive (nullable columns, one index), so replicas of the
-previous version keep working while this runs (see docs/operations.md).
+Every change is additive (a table, nullable columns, indexes), so replicas of
+the previous version keep working while this runs (see docs/operations.md).
 
 Revision ID: 0004
 Revises: 0003
@@ -20,9 +20,19 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "replicas",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("version", sa.String(length=32), nullable=False),
+        sa.Column("started_at", labhub.models.base.UTCDateTime(), nullable=False),
+        sa.Column("heartbeat_at", labhub.models.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_replicas")),
+    )
+    op.create_index(op.f("ix_replicas_heartbeat_at"), "replicas", ["heartbeat_at"])
     with op.batch_alter_table("instances") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("lease_until", labhub.models.base.UTCDateTime(), nullable=True))
         batch.create_index("ix_instances_claimed_by", ["claimed_by"])
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("deleting_by", sa.String(length=63), nullable=True))
@@ -33,5 +43,6 @@ def downgrade() -> None:
         batch.drop_column("deleting_by")
     with op.batch_alter_table("instances") as batch:
         batch.drop_index("ix_instances_claimed_by")
-        batch.drop_column("lease_until")
         batch.drop_column("claimed_by")
+    op.drop_index(op.f("ix_replicas_heartbeat_at"), table_name="replicas")
+    op.drop_table("replicas")
