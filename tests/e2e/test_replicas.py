@@ -30,7 +30,7 @@ from tests.hubprocess import HubProcess, wait_status
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres]
 
 LEASE_S = 2.0  # short leases: takeover within a few seconds, in tests
-PASSWORD = "correct horse battery\n"
+PASSWORD = "correct horse battery\n"  # noqa: S105 (a test account)
 
 # Starts listening after 2 s (so a replica can be killed mid-launch) and ignores SIGTERM (so a stop
 # takes the whole grace period: a replica can be killed mid-stop).
@@ -49,7 +49,8 @@ def _templates(root: Path) -> Path:
         "title: Slow\nready_path: ''\nstart_timeout: 60\n"
         f"command: {json.dumps(['/usr/bin/python3', '-c', SLOW])}\n"
         "listen:\n  port: ['{port}']\n")
-    (site / "idle.yaml").write_text(f"title: Idle\nready_path: null\ncommand: {json.dumps(['/usr/bin/python3', '-c', IDLE])}\n")
+    idle = json.dumps(["/usr/bin/python3", "-c", IDLE])
+    (site / "idle.yaml").write_text(f"title: Idle\nready_path: null\ncommand: {idle}\n")
     return site
 
 
@@ -94,7 +95,8 @@ async def _statuses(http: httpx.AsyncClient, iid: str) -> list[str]:
 async def _sse_until(url: str, token: str, want: str, seen: list[dict]) -> None:
     """A browser-style EventSource on ``url``: collect status events until one is ``want``."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-    async with httpx.AsyncClient(timeout=None) as http, http.stream("GET", url, headers=headers) as response:
+    timeout = httpx.Timeout(30, read=60)
+    async with httpx.AsyncClient(timeout=timeout) as http, http.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200
         async for line in response.aiter_lines():
             if line.startswith("data: "):

@@ -35,7 +35,7 @@ async def replicas(tmp_path, database_url, echo_upstream):
         await hub.start(reconcile=False)
         hubs.append(hub)
     async with hubs[0].tx() as session:
-        await users.create_user(session, name="alice", password="password123")
+        await users.create_user(session, name="alice", password="password123")  # noqa: S106
     yield hubs[0], hubs[1], fake, clock
     for hub in hubs:
         await hub.close()
@@ -142,7 +142,7 @@ async def test_an_account_deletion_is_finished_by_any_replica(replicas):
     iid = await launch(a)
     await step(a)
     async with a.tx() as session:
-        root = await users.create_user(session, name="root", password="password123", admin=True)
+        root = await users.create_user(session, name="root", password="password123", admin=True)  # noqa: S106
         result = await users.delete_user(session, actor=root, name="alice")
     assert not result.deleted
     await step(a)  # a stops the instance (its lease) ...

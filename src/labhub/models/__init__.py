@@ -18,6 +18,7 @@ from labhub.models.user import (
 
 __all__ = [
     "ACTIVE", "ROUTED", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
-    "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User", "UserStatus",
+    "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User",
+    "UserStatus",
     "utcnow",
 ]
