@@ -147,3 +147,18 @@ async def test_api_clients_are_sent_to_the_origin_and_nothing_of_the_hub_is_serv
     assert forged.status_code == 404 and "set-cookie" not in forged.headers
     _, honest = await redeem(hub, target)  # the code was not spent by that
     assert honest.status_code == 303
+
+
+async def test_a_route_this_replica_missed_is_taken_from_the_database(hub):
+    """Another replica started the instance and its notification has not arrived (or was lost):
+    the origin's first request finds it running in the database and sends the client round again."""
+    alice = await hub.user("alice")
+    inst = await running(hub, alice)
+    hub.hub.routes.remove_instance(inst["id"])
+    origin = hub.instance_client(alice, inst)
+    again = await origin.get("/api/status?x=1")
+    assert again.status_code == 307 and again.headers["location"] == "/api/status?x=1"
+    assert hub.hub.routes.get("alice", "ws").instance_id == inst["id"]
+    assert (await origin.get("/api/status?x=1")).json()["path"] == "/api/status?x=1"  # the echo upstream
+    bob = await hub.user("bob")  # a route that is back opens to nobody new
+    assert (await hub.instance_client(bob, inst).get("/api/status")).status_code == 403
