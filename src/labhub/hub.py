@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from labhub import db, notify, storage
 from labhub.auth.flow import OidcRegistry
@@ -32,7 +32,7 @@ from labhub.auth.throttle import LoginThrottle
 from labhub.backends import registry
 from labhub.backends.base import Backend
 from labhub.catalog import Catalog, load_catalog
-from labhub.models import ROUTED, Instance, User, UserStatus, utcnow
+from labhub.models import ROUTED, ApiToken, Instance, LoginSession, OriginGrant, User, UserStatus, utcnow
 from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
 from labhub.reconcile.reconciler import Launch, Parts, Reconciler
 from labhub.services import changes, credentials, origins, security, users
@@ -119,10 +119,10 @@ class Hub:
         if self.shared:  # before the routes are read: a change made meanwhile is not missed
             self._listener = notify.Listener(self.settings.effective_database_url, self._notified, self._connected)
             await self._listener.start()
-        await self.reconciler.join()
         await self.reload_routes()
         self.background(self._keep_routes(), name="labhub-routes")
-        if reconcile:
+        if reconcile:  # (the CLI's hubs do not reconcile, and are no replicas)
+            await self.reconciler.join()
             self.reconciler.start()
 
     def _warn_about_identity_settings(self) -> None:
@@ -169,6 +169,27 @@ class Hub:
             recorded = session.info.get(changes.KEY)
             if hub.shared and recorded:  # delivered with the commit, to every replica
                 notify.send(session, changes.encode(recorded, hub.replica))
+
+        @event.listens_for(HubSession, "before_flush")
+        def _credentials(session: Session, _context: object, _instances: object) -> None:
+            """A user disabled, demoted or deleted, a token or login ended: on every replica,
+            whichever part of the hub (or the CLI) made the change, cached principals go."""
+            for obj in session.deleted:
+                if isinstance(obj, User):
+                    changes.credentials(session, obj.id)  # type: ignore[arg-type]
+                elif isinstance(obj, CREDENTIALS):
+                    changes.credentials(session, obj.user_id)  # type: ignore[arg-type]
+            for obj in session.dirty:
+                if isinstance(obj, User) and any(
+                        inspect(obj).attrs[name].history.has_changes() for name in ("status", "role", "password_hash")):
+                    changes.credentials(session, obj.id)  # type: ignore[arg-type]
+
+        @event.listens_for(HubSession, "do_orm_execute")
+        def _bulk_credentials(state: ORMExecuteState) -> None:
+            mapper = state.bind_mapper
+            if (state.is_delete or state.is_update) and mapper is not None and mapper.class_ in (User, ApiToken,
+                                                                                               LoginSession):
+                changes.credentials(state.session)  # type: ignore[arg-type]  # whose: not known here
 
         @event.listens_for(HubSession, "after_commit")
         def _committed(session: Session) -> None:
@@ -394,6 +415,9 @@ class Hub:
         rows = await session.execute(select(Instance).where(Instance.status.in_([s.value for s in ROUTED])))
         return list(rows.scalars())
 
+
+
+CREDENTIALS = (ApiToken, LoginSession, OriginGrant)  # rows whose deletion ends someone's access
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -174,7 +174,7 @@ async def test_notifications_keep_the_other_replicas_routes_and_credentials_curr
     assert await b.auth.authenticate("token", secret) is not None  # cached on b now
     async with a.tx() as session:
         await credentials.revoke_token(session, user=await users.get_user(session, name="alice"), token_id=token.id)
-    a.credentials_changed(alice.id)  # what the API does after the commit
+    # nobody calls hub.credentials_changed(): the commit itself tells every replica (as for the CLI)
     for _ in range(250):
         if not b.auth.cached("token", secret)[0]:
             break
