@@ -166,6 +166,8 @@ class Hub:
 
         @event.listens_for(HubSession, "before_commit")
         def _send(session: Session) -> None:
+            if hub.shared:
+                session.flush()  # commit flushes after this hook: what the flush records must be sent too
             recorded = session.info.get(changes.KEY)
             if hub.shared and recorded:  # delivered with the commit, to every replica
                 notify.send(session, changes.encode(recorded, hub.replica))
