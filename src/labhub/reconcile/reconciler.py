@@ -192,7 +192,8 @@ class Reconciler:
                 log.error("instance %s: work failed", instance_id, exc_info=t.exception())
             if instance_id in self._recheck and self._loop is not None and not t.cancelled():
                 self._spawn(instance_id, self._drive(instance_id))  # it changed while we worked on it
-            self._wake.set()
+            # (no pass is woken: with thousands of instances a pass per finished task would run
+            # back to back under load; what changed meanwhile was re-driven just above)
 
         task.add_done_callback(done)
 
