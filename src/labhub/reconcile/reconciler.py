@@ -223,15 +223,17 @@ class Reconciler:
         alive = select(Replica.id).where(Replica.heartbeat_at >= now - self.lease)
         return or_(Instance.claimed_by.is_(None), Instance.claimed_by.not_in(alive))
 
-    async def _claim(self, instance_id: str) -> bool:
-        """Claim one active instance for this replica (unless a live replica holds it)."""
+    async def _claim(self, instance_id: str) -> str | None:
+        """Claim one active instance for this replica (unless a live replica holds it); returns
+        its status, or None when it is not this replica's to work on."""
         now = self.parts.clock()
         async with self._tx() as session:
             claimed = await session.execute(
                 update(Instance).where(Instance.id == instance_id, Instance.status.in_(ACTIVE_VALUES),
                                        or_(Instance.claimed_by == self.replica, self._orphaned(now)))
-                .values(claimed_by=self.replica).execution_options(synchronize_session=False))
-        return claimed.rowcount == 1
+                .values(claimed_by=self.replica).returning(Instance.status)
+                .execution_options(synchronize_session=False))
+            return claimed.scalar_one_or_none()
 
     async def _renew_leases(self) -> None:
         """Every third of the lease: the heartbeat; work whose claim was lost stops."""
@@ -259,9 +261,7 @@ class Reconciler:
 
     async def _drive(self, instance_id: str) -> None:
         """Claim the instance and do what its status asks for (start it, stop it)."""
-        if not await self._claim(instance_id):
-            return
-        status = await self._status(instance_id)
+        status = await self._claim(instance_id)
         if status in STARTABLE:
             await self._start(instance_id)
         elif status == Status.STOPPING:
