@@ -55,6 +55,15 @@ CHECKS: dict[str, Callable[[dict], bool | None]] = {
     "create_users": _le("labhub", 3.0),
     "list_1000": _le("labhub", 50.0),
     "hub_idle_memory": _le("labhub", 80.0),
+    "api_cpu_health": _le("labhub", 0.3),
+    "api_cpu_me": _le("labhub", 0.6),
+    "api_cpu_instances": _le("labhub", 1.0),
+    "api_cpu_templates": _le("labhub", 1.0),
+    "takeover_100": _le("labhub", 10.0),
+    "scale_5000_tick_p50": _le("labhub", 1.0),
+    "scale_5000_tick_max": _le("labhub", 1.0),
+    "scale_5000_rss": _le("labhub", 400.0),
+    "scale_5000_api_p99": _le("labhub", 100.0),
 }
 ORDER = list(CHECKS)
 
@@ -76,30 +85,49 @@ WHY: dict[str, str] = {
         "(the figure tracks the load average), or kernel-side relaying (splice) that Python's event loops do not "
         "offer."),
     "hub_cold_start": (
-        "Start-up is CPU-bound: imports of FastAPI, Starlette, SQLAlchemy, pydantic and pydantic-settings, then "
-        "FastAPI building ~80 routes' dependencies and pydantic schemas. The hub no longer imports Alembic (when "
-        "the schema is current), the OIDC stack (authlib, joserfc, cryptography: only when a provider is used) or "
-        "httpx with rich and pygments (the readiness probe uses asyncio streams): 2.45 s -> 1.57 s on this "
-        "machine (load 0.3-1). What would close it: building the rarely used routers (admin, identity) lazily, "
-        "and a CPU not shared with the load generator."),
+        "Start-up is CPU-bound (~1 CPU-s here): imports of FastAPI (with its OpenTelemetry hooks), Starlette, "
+        "SQLAlchemy, pydantic and pydantic-settings, uvicorn and typer, then FastAPI building the routes' "
+        "dependencies and pydantic schemas. The hub imports neither Alembic (when the schema is current), the "
+        "OIDC stack, httpx, nor pydantic's version-1 package, and builds only the hot API (health, me, templates, "
+        "tokens, instances) at start; the admin and group API, the pages and the login routes are built on first "
+        "use (labhub.api.app.MountOnFirstUse): 1.22 -> 1.02 s in paired runs on this machine. What would close "
+        "it: `labhub serve` dispatched before typer is imported (the console script's entry point), uvicorn's "
+        "server without its CLI module (click, watchfiles), and a CPU not shared with other jobs."),
     "hub_idle_memory": (
-        "Most of the RSS is imported code: SQLAlchemy ~19 MiB, pydantic + pydantic-settings ~15 MiB, "
-        "FastAPI/Starlette ~10 MiB, asyncio+ssl ~10 MiB, and the app's ~80 routes with their pydantic models. "
-        "Making the OIDC stack, httpx/rich/pygments and Alembic lazy took it from 102 to 84.6 MiB. What would "
-        "close it: mounting the admin and identity routers on first use, or serving the data plane from a "
-        "separate lean process."),
+        "Most of the RSS is imported code: SQLAlchemy ~19 MiB, pydantic + pydantic-settings ~13 MiB, "
+        "FastAPI/Starlette with OpenTelemetry ~12 MiB, asyncio+ssl ~10 MiB. Building the admin API, the pages and "
+        "Jinja2 on first use and not importing pydantic.v1 took it from 86.0 to 80.2 MiB (once the pages and the "
+        "admin API have been used: ~86 MiB, as before). What would close it: `labhub serve` without typer "
+        "(~1.3 MiB: the console script's entry point), uvicorn without its CLI module (click, watchfiles, "
+        "~1.5 MiB), argon2 imported at the first password (~0.5 MiB)."),
     "list_1000": (
-        "The endpoint loads 1,000 ORM Instance objects with their owners (SQLAlchemy hydration ~45 % of the time "
-        "under a profiler), builds 1,000 pydantic InstanceOut objects (~35 %) and FastAPI validates them again "
-        "against response_model before serializing. What would close it (labhub.api.instances / "
-        "services.instances): a Core select of the listed columns serialized straight to JSON with one "
-        "TypeAdapter.dump_json, skipping the ORM objects and the double validation."),
+        "One Core select of the listed columns joined with the owners (the statement built once per filter "
+        "combination), serialised with one pydantic_core.to_json (no ORM objects, no second validation): "
+        "84.5 -> 26.9 ms in paired runs here. What is left: SQLAlchemy's row processing and the instance URL "
+        "per row (Hub.instance_url), and the machine's load."),
     "create_users": (
-        "Each POST goes through the FastAPI stack (token check, admin check, body model), a name lookup, the insert, "
-        "an audit record and a commit; SQLite serializes the commits, so 8 in flight do not overlap their writes "
-        "and the per-request work adds up in one event loop. What would close it (labhub.api.users): a leaner create "
-        "path (one INSERT relying on the unique constraint instead of a lookup first, the audit row in the same "
-        "statement batch), or a bulk endpoint as JupyterHub has (POST /hub/api/users with a list)."),
+        "Bulk against bulk (POST /api/v1/users:bulk, POST /hub/api/users): one name query, passwords hashed only "
+        "when given and in a worker thread, users and audit rows as two multi-row INSERTs. One POST per user "
+        "(one_post_per_user) still pays the FastAPI stack, the admin's account load and a commit per user; "
+        "SQLite serialises the commits."),
+    "api_cpu_health": (
+        "The route answers with no dependency at all; what is left is the request's path through the hub: the "
+        "proxy, uvicorn on the app's socket and FastAPI's middleware stack (eleven layers: body limit, NUL check, "
+        "the instance-origin gate, login throttle, pending gate, error and exception handling, routing). What "
+        "would close it: the proxy answering the health check itself, or fewer ASGI layers."),
+    "api_cpu_me": (
+        "The caller comes from the authenticator's cache (no transaction, no User loaded); the account's fields "
+        "are one Core select by id, and through SQLAlchemy's async layer and aiosqlite one query is five thread "
+        "round trips (pool checkout and reset, cursor, execute, fetch, close), ~0.1 ms of CPU each here: most of "
+        "the figure, and more on a loaded machine. What would close it: fewer round trips per read (aiosqlite's "
+        "execute_fetchall; a pool that does not roll back a connection that only read), or the account's fields "
+        "kept with the cached principal."),
+    "api_cpu_instances": (
+        "One Core select of the listed columns joined with the owner (statement built once), serialised with "
+        "pydantic_core.to_json: no ORM objects, no second validation. As for /me, the aiosqlite round trips of "
+        "the one query are most of it."),
+    "api_cpu_templates": "Serialised once per catalog; a request joins cached bytes (groups read only when a "
+                         "template is limited to some).",
     "launch_single": "",
     "launch_concurrent": "",
     "memory_per_workspace": "",
@@ -107,6 +135,42 @@ WHY: dict[str, str] = {
     "proxy_latency_p99": "p99 at one connection is dominated by scheduling delays on a loaded 2-core machine.",
     "proxy_cpu_per_request": "",
     "ws_handshake": "",
+    "takeover_100": (
+        "The time is the lease plus one pass: the killed replica's heartbeat (renewed every lease/3 = 2 s) lapses "
+        "4-6 s after the kill (LABHUB_LEASE_SECONDS, 6 s), and the survivor's next pass (every "
+        "min(LABHUB_RECONCILE_INTERVAL, lease/3) = 2 s) claims all its rows in one UPDATE; the routes are already in "
+        "the survivor's table and the instances keep running, so reachable_s is ~0.1 s. What would shorten it: a "
+        "shorter lease (more heartbeat writes, and takeovers after shorter database hiccups), or treating a "
+        "replica whose LISTEN connection dropped as gone at once."),
+    "scale_5000_tick_p50": (
+        "A pass selects 11 columns of every active instance of the replica (5,000 rows: ~60-75 ms CPU, most of it "
+        "parsing 4 text datetimes per row on SQLite and each handle's JSON), then one observe_many, the idle check "
+        "and the activity flush: ~150 ms CPU at 5,000. What would cut it (Reconciler.tick): expiry compared in SQL, "
+        "the activity columns read only for templates with an idle timeout, or the pass's state kept in memory with "
+        "only rows changed since the last pass read."),
+    "scale_5000_tick_max": (
+        "Under the 200 req/s load the event loop is saturated, and a pass's wall time includes everything else the "
+        "loop runs between its awaits (idle passes stay under ~0.35 s: idle_max_s). On top, every per-instance task "
+        "that ends wakes a full pass (the done callback in Reconciler._spawn sets _wake), so while launches complete "
+        "passes run back to back (~150 ms CPU each at 5,000 instances): removing that wake (an experiment, not "
+        "committed) took the passes during 25 s of load from 60 to 21 and the hub's CPU per request from 16.0 to "
+        "13.5 ms. What would fix it: not waking a pass when a task ends (its follow-up is already rescheduled "
+        "through _recheck) or coalescing woken passes to one per interval, plus a cheaper pass "
+        "(scale_5000_tick_p50)."),
+    "scale_5000_rss": "",
+    "scale_5000_api_p99": (
+        "The offered load is ~3x what one hub process serves: a launch costs its event loop ~25-40 ms of CPU (the "
+        "POST and the start after it run ~16 SQL statements in ~8 sessions, ~1 ms each through SQLAlchemy's async "
+        "layer and aiosqlite's thread hand-off, plus the FastAPI stack; more at 5,000 instances, where the passes "
+        "each launch wakes cost ~150 ms), reads 2-5 ms; 60 launches/s alone need ~2 cores, so the loop answers "
+        "~60-85 req/s of this mix (answered_rps) and the rest queue. Even reads alone at 200 req/s (~65% of the "
+        "loop, reads_only) have a p99 of 170-480 ms (runs differ): the pass blocks the loop ~50-75 ms every 2 s "
+        "and full garbage collections of the hub's heap take 100-200 ms (event_loop in the JSON; under the full "
+        "load ~20% of the time goes to collections); gc.freeze() after the start (an "
+        "experiment) brought the longest collection to ~20 ms and that p99 to ~290 ms. What would close it: a "
+        "launch path with a fraction of the statements (claim, load and the move to starting in one transaction, "
+        "events written with their transition), gc.freeze() once the hub has started (labhub.server), the pass "
+        "fixes above, and the API spread over several processes (replicas behind a balancer) instead of one loop."),
 }
 
 

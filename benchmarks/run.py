@@ -1,7 +1,7 @@
 """LabHub against JupyterHub + configurable-http-proxy, side by side on this machine.
 
 usage: python benchmarks/run.py [--quick] [--only GROUP,...] [--out DIR] [--no-peers]
-groups: launch, proxy, hub   (default: all)
+groups: launch, proxy, hub, api, replicas   (default: all; replicas needs PostgreSQL for its takeover figure)
 
 Writes DIR/latest.json and DIR/latest.md (DIR defaults to benchmarks/results) and
 prints the table.  Each figure alternates the systems (A B A B ...) and reports
@@ -56,6 +56,7 @@ from lib import (  # noqa: E402
     wait_ready,
     wrk,
 )
+from replicas import replicas_figures  # noqa: E402
 from report import CHECKS, ORDER, fmt, machine_facts, markdown, miss_note, update_readme  # noqa: E402
 
 MEM_SETTLE_S = 3.0  # after readiness, before reading a workspace's memory
@@ -76,10 +77,13 @@ class Config:
         self.cold_users = 200 if quick else 1000
         self.cold_instances = 200 if quick else 100
         self.create_users = 100 if quick else 1000
-        self.create_rounds = 1 if quick else 2
+        self.create_rounds = 1 if quick else 3
         self.create_in_flight = 8
         self.list_items = self.cold_users  # JupyterHub lists its users: as many as were seeded
         self.list_calls = 5 if quick else 20
+        self.api_requests = 300 if quick else 3000
+        self.api_warmup = 50 if quick else 300
+        self.api_rounds = 1 if quick else 3
 
 
 # -- launch figures ---------------------------------------------------------------------------------
@@ -388,9 +392,12 @@ async def hub_figures(cfg: Config, work: Path, peers: bool) -> list[Figure]:
                       "instances with their events; JupyterHub: users' server records, not running).")
     create = Figure("create_users", "s", "<= 3 s", title=f"create {cfg.create_users} users via the API",
                     ratio_of="labhub / JupyterHub, median of per-pair ratios",
-                    how=f"{cfg.create_users} POSTs, one new user each (no password), {cfg.create_in_flight} in "
-                        "flight, on the seeded hub. LabHub: POST /api/v1/users; JupyterHub: POST "
-                        "/hub/api/users/{name}.")
+                    how=f"{cfg.create_users} new users (no password) in one bulk call on the seeded hub, bulk "
+                        "against bulk: LabHub POST /api/v1/users:bulk {\"users\": [{\"name\": ...}, ...]} (all or "
+                        "none, each audited); JupyterHub POST /hub/api/users {\"usernames\": [...]}. Wall time "
+                        "until the answer; rounds alternate the systems. one_post_per_user: the same number of "
+                        f"single-user POSTs, {cfg.create_in_flight} in flight (LabHub POST /api/v1/users, "
+                        "JupyterHub POST /hub/api/users/{name}), once per system, for reference.")
     lst = Figure("list_1000", "ms", "<= 50 ms", title=f"list {cfg.list_items} instances or users in one call",
                  ratio_of="labhub / JupyterHub, median of per-pair ratios",
                  how=f"Median of {cfg.list_calls} calls on a keep-alive connection, alternating. LabHub: GET "
@@ -475,18 +482,33 @@ async def _list_and_create(cfg: Config, one, lst: Figure, create: Figure, system
     finally:
         for conn, _ in conns.values():
             conn.close()
-    for r in range(cfg.create_rounds):
-        for s in systems:
-            prefix = f"new{r}-u"
+    for r in range(cfg.create_rounds):  # bulk against bulk, the order alternating
+        for s in systems if r % 2 == 0 else systems[::-1]:
+            names = [f"bulk{r}-u{i:04d}" for i in range(cfg.create_users)]
+            t0 = time.perf_counter()
             if s.name == "labhub":
-                t = await _post_many(
-                    lambda i, s=s, p=prefix: s.api("POST", "/api/v1/users", None, {"name": f"{p}{i:04d}"}),
-                    cfg.create_users, cfg.create_in_flight)
-                create.labhub.append(t)
+                status, body = await s.api("POST", "/api/v1/users:bulk", None, {"users": [{"name": n} for n in names]})
             else:
-                t = await _post_many(lambda i, s=s, p=prefix: s.api("POST", f"/users/{p}{i:04d}"), cfg.create_users,
-                                     cfg.create_in_flight)
-                create.peer.append(t)
+                status, body = await s.api("POST", "/users", {"usernames": names})
+            took = time.perf_counter() - t0
+            if s.name == "labhub" and status in (404, 405):  # a LabHub from before the bulk API (BENCH_LABHUB_SRC)
+                log("labhub: no POST /api/v1/users:bulk here; create_users is measured one POST per user only")
+                create.labhub.append(None)
+                continue
+            if status != 201 or not body or len(body["users"] if isinstance(body, dict) else body) != len(names):
+                raise RuntimeError(f"{s.name}: bulk creation failed: {status} {str(body)[:300]}")
+            (create.labhub if s.name == "labhub" else create.peer).append(took)
+    one = create.extra.setdefault("one_post_per_user", {"n": cfg.create_users, "in_flight": cfg.create_in_flight,
+                                                        "labhub": None, "peer": None})
+    for s in systems:  # one user per POST, for reference
+        prefix = "single-u"
+        if s.name == "labhub":
+            one["labhub"] = round(await _post_many(
+                lambda i, s=s, p=prefix: s.api("POST", "/api/v1/users", None, {"name": f"{p}{i:04d}"}),
+                cfg.create_users, cfg.create_in_flight), 3)
+        else:
+            one["peer"] = round(await _post_many(lambda i, s=s, p=prefix: s.api("POST", f"/users/{p}{i:04d}"),
+                                                 cfg.create_users, cfg.create_in_flight), 3)
 
 
 def _timed(conn: KeepAlive, path: str) -> float:
@@ -516,10 +538,112 @@ async def _post_many(call: Callable, n: int, in_flight: int) -> float:
     return took
 
 
+# -- hub CPU per API request ---------------------------------------------------------------------------
+
+# figure suffix, what is asked, target (ms), LabHub path, JupyterHub path (its closest equivalent)
+API_CALLS = (
+    ("health", "health check", 0.3, "/api/v1/health", "/hub/health"),
+    ("me", "who am I", 0.6, "/api/v1/me", "/hub/api/user"),
+    ("instances", "my instances (one)", 1.0, "/api/v1/instances", "/hub/api/users/bench1"),
+    ("templates", "what I may launch", 1.0, "/api/v1/templates", "/hub/api/users/bench1/tokens"),
+)
+
+
+async def api_figures(cfg: Config, work: Path, peers: bool) -> list[Figure]:
+    """Hub CPU per request for small authenticated reads, LabHub and JupyterHub alternating."""
+    n = cfg.api_requests
+    figs = {key: Figure(f"api_cpu_{key}", "ms", f"<= {target:g} ms", title=f"hub CPU per API request: {what}",
+                        ratio_of="labhub / JupyterHub, median of per-pair ratios",
+                        how=f"utime+stime of the hub's own processes (LabHub: the one `labhub serve` process; "
+                            f"JupyterHub: the hub plus CHP, which every request crosses; not the instances) over "
+                            f"{n} sequential GETs on one keep-alive connection (http.client) to the public port, "
+                            f"/ {n}; after {cfg.api_warmup} warm-up requests; rounds alternate the systems. "
+                            f"LabHub: GET {lh_path} with bench1's token; JupyterHub: GET {jh_path} with bench1's "
+                            "own token" + {
+                                "health": " (no token needed by either).",
+                                "me": ".",
+                                "instances": ". bench1 has one running instance on each: LabHub a bench-echo "
+                                             "instance (the trivial backend), JupyterHub its default server "
+                                             "(JupyterLab); JupyterHub's user model lists its servers.",
+                                "templates": ". JupyterHub has no template catalog (its spawner options are "
+                                             "static configuration rendered into the spawn page, and GET "
+                                             "/hub/api/info needs read:hub, which a user's token lacks): the "
+                                             "closest is a small authenticated list read of the user's own, "
+                                             "its API tokens (one). LabHub: 2 templates (jupyterlab, bench-echo) "
+                                             "with their sizes and parameters.",
+                            }[key])
+            for key, what, target, lh_path, jh_path in API_CALLS}
+    lh = LabHub(work / "api")
+    lh.seed(token_users=1)
+    lh.start()
+    jh = JupyterHub(work / "api") if peers else None
+    iid = None
+    try:
+        await lh.wait_healthy()
+        iid = await lh.launch("bench1", "echo", template="bench-echo")
+        await lh.wait_instance("bench1", "echo", path="", want=b"Hello")
+        # who -> (a new keep-alive connection, the pids whose CPU counts)
+        targets = {"labhub": (lambda: KeepAlive(HOST, lh.port, lh.auth("bench1")), [lh.proc.pid])}  # type: ignore[union-attr]
+        if jh is not None:
+            jh.start()
+            await jh.wait_healthy()
+            await jh.ensure_users(["bench1"])
+            await jh.user_token("bench1")
+            await jh.launch("bench1")
+            await jh.wait_instance("bench1")
+            chp = jh.chp_pid()
+            targets["jupyterhub"] = (lambda: KeepAlive(HOST, jh.port, jh.auth("bench1")),
+                                     [jh.proc.pid] + ([chp] if chp else []))  # type: ignore[union-attr]
+        paths = {"labhub": {k: lp for k, _, _, lp, _ in API_CALLS},
+                 "jupyterhub": {k: jp for k, _, _, _, jp in API_CALLS}}
+        for who, (connect, _) in targets.items():  # warm-up (and a check that every call answers 200)
+            for key in figs:
+                _cpu_per_request(connect, paths[who][key], cfg.api_warmup, [])
+        order = list(targets)
+        for r in range(cfg.api_rounds):
+            for key, fig in figs.items():
+                res = {}
+                for who in order:
+                    connect, pids = targets[who]
+                    res[who] = _cpu_per_request(connect, paths[who][key], n, pids)
+                fig.labhub.append(res["labhub"])
+                fig.peer.append(res.get("jupyterhub"))
+                fig.add_ratio(res["labhub"], res.get("jupyterhub"))
+            log(f"api round {r}: " + ", ".join(
+                f"{k} labhub {f.labhub[-1]:.3f}" + (f" jupyterhub {f.peer[-1]:.3f}" if f.peer[-1] else "")
+                for k, f in figs.items()) + f" ms CPU/request | load {loadavg()}")
+            order = order[1:] + order[:1]
+        await lh.stop_instance("bench1", iid)
+        if jh is not None:
+            await jh.stop_instance("bench1")
+    finally:
+        lh.stop()
+        if jh is not None:
+            jh.stop()
+    return list(figs.values())
+
+
+def _cpu_per_request(connect: Callable[[], KeepAlive], path: str, n: int, pids: list[int]) -> float:
+    """``n`` GETs of ``path`` on a fresh keep-alive connection (after 10 unmeasured ones: a connection idle
+    while the other system was measured may have been closed by then); the CPU milliseconds ``pids``
+    spent per request meanwhile."""
+    conn = connect()
+    try:
+        for i in range(-10, n):
+            if i == 0:
+                c0 = sum(cpu_s(p, with_children=False) for p in pids)
+            status, body = conn.request("GET", path)
+            if status != 200:
+                raise RuntimeError(f"GET {path}: {status} {body[:200]!r}")
+        return (sum(cpu_s(p, with_children=False) for p in pids) - c0) / n * 1e3
+    finally:
+        conn.close()
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="each figure once, with small counts")
-    ap.add_argument("--only", default="", help="comma-separated groups: launch, proxy, hub")
+    ap.add_argument("--only", default="", help="comma-separated groups: launch, proxy, hub, api, replicas")
     ap.add_argument("--out", default=None, help="default: benchmarks/results (quick: benchmarks/results/quick)")
     ap.add_argument("--no-peers", action="store_true", help="LabHub only (peer values null)")
     ap.add_argument("--render", action="store_true",
@@ -546,7 +670,7 @@ async def main() -> int:
     peers = not args.no_peers and peers_installed()
     if not args.no_peers and not peers:
         log("peers are not installed (run benchmarks/install.sh): LabHub figures only")
-    groups = [g for g in args.only.split(",") if g] or ["launch", "proxy", "hub"]
+    groups = [g for g in args.only.split(",") if g] or ["launch", "proxy", "hub", "api", "replicas"]
     started = dt.datetime.now(dt.UTC)
     machine = machine_facts()
     machine["loadavg_start"] = loadavg()
@@ -556,7 +680,8 @@ async def main() -> int:
     t0 = time.perf_counter()
     durations: dict[str, float] = {}
     try:
-        for group, run in (("proxy", proxy_figures), ("hub", hub_figures), ("launch", launch_figures)):
+        for group, run in (("proxy", proxy_figures), ("hub", hub_figures), ("api", api_figures),
+                           ("launch", launch_figures), ("replicas", replicas_figures)):
             if group in groups:
                 g0 = time.perf_counter()
                 figures += await run(cfg, work, peers)
@@ -598,7 +723,7 @@ async def main() -> int:
     (out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
     md = markdown(result)
     (out / "latest.md").write_text(md)
-    if not cfg.quick and not args.out and set(groups) == {"launch", "proxy", "hub"}:
+    if not cfg.quick and not args.out and set(groups) == {"launch", "proxy", "hub", "api", "replicas"}:
         update_readme(md)
     print(md)
     return 0

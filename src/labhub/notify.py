@@ -101,8 +101,8 @@ class Listener:
             except Exception as exc:  # the database restarting, a network blip
                 log.warning("notification connection failed: %s", exc)
             finally:
-                if conn is not None:
+                if conn is not None:  # abruptly: it only listens, and a graceful close can be cut short
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        conn.terminate()
             await asyncio.sleep(RECONNECT_S[min(attempt, len(RECONNECT_S) - 1)])
             attempt += 1

@@ -89,7 +89,7 @@ async def start(settings: Settings, *, reconcile: bool = True, backends: dict[st
     await hub.start(reconcile=reconcile)
     sock = _socket_path(settings.data_dir)
     config = uvicorn.Config(
-        create_app(hub), uds=str(sock), log_level=settings.log_level, access_log=False,
+        create_app(hub, lazy=True), uds=str(sock), log_level=settings.log_level, access_log=False,
         proxy_headers=True, forwarded_allow_ips="*", lifespan="off", loop="none", http="httptools",
         ws="none", timeout_keep_alive=30,
     )

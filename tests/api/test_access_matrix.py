@@ -84,6 +84,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     # users (admin API; one's own account readable)
     ("GET", "/api/v1/users"): ADMIN,
     ("POST", "/api/v1/users"): ADMIN,
+    ("POST", "/api/v1/users:bulk"): ADMIN,
     ("GET", "/api/v1/users/{name}"): OWNER,
     ("PATCH", "/api/v1/users/{name}"): ADMIN,
     ("DELETE", "/api/v1/users/{name}"): ADMIN,
@@ -153,6 +154,7 @@ JSON_BODIES = {
     ("POST", "/api/v1/instances"): {"template": "jupyterlab", "name": "m{n}", "hours": 1},
     ("POST", "/api/v1/instances/{instance_id}/callhome"): {"host": "127.0.0.1", "port": 9},
     ("POST", "/api/v1/users"): {"name": "new{n}"},
+    ("POST", "/api/v1/users:bulk"): {"users": [{"name": "bulk{n}-a"}, {"name": "bulk{n}-b"}]},
     ("PATCH", "/api/v1/users/{name}"): {"email": "m{n}@lab.example"},
     ("POST", "/api/v1/users/{name}/reject"): {"reason": "matrix"},
     ("POST", "/api/v1/users/{name}/tokens"): {"note": "matrix"},
@@ -343,7 +345,7 @@ async def call(world: World, role: str, owner: str, method: str, path: str, para
     kwargs: dict = {}
     key = (method, path)
     if key in JSON_BODIES:
-        kwargs["json"] = {k: v.format(n=n) if isinstance(v, str) else v for k, v in JSON_BODIES[key].items()}
+        kwargs["json"] = _numbered(JSON_BODIES[key], n)
     elif method != "GET" and is_page(path) and path != PROXY:
         form = {k: v.format(n=n) for k, v in FORM_BODIES.get(key, {}).items()}
         kwargs["data"] = {**form, "csrf_token": csrf}
@@ -353,6 +355,16 @@ async def call(world: World, role: str, owner: str, method: str, path: str, para
     response = await http.send(request, stream=True)  # the live pages stream: the status is enough
     await response.aclose()
     return response
+
+
+def _numbered(value, n: int):  # noqa: ANN001, ANN202 - a JSON body with {n} filled in, at any depth
+    if isinstance(value, str):
+        return value.format(n=n)
+    if isinstance(value, dict):
+        return {k: _numbered(v, n) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbered(v, n) for v in value]
+    return value
 
 
 def test_every_route_is_classified():

@@ -10,14 +10,14 @@ from typing import Any
 import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labhub import __version__
-from labhub.api import callhome, groups, instances, misc, users
+from labhub.api import callhome, instances, misc
 from labhub.api.schemas import ErrorOut, error
 from labhub.hub import Hub
 from labhub.services.errors import Conflict, ServiceError
@@ -235,8 +235,68 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-def create_app(hub: Hub) -> FastAPI:
-    """The hub's web application (API and pages) for an already-built :class:`Hub`."""
+HOT_PATHS = ("/api/v1/health", "/api/v1/me", "/api/v1/templates", "/api/v1/tokens", "/api/v1/instances")
+"""What a hub serves from its start: the API that scripts, the proxy's users and health checks call.  The
+admin and group API, the pages, the login routes and the API documentation are built on first use."""
+
+
+def _hot(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in HOT_PATHS)
+
+
+class MountOnFirstUse:
+    """Build the rest of the application on the first request outside :data:`HOT_PATHS`.
+
+    Importing the pages (Jinja2, five routers) and the admin API and building their routes is a fifth of
+    the hub's start and a few MiB; a hub that only answers API calls and health checks never needs them.
+    The first page view pays it once (~0.2 s).  Everything is added in one step, before that request is
+    routed (one event loop: no request sees half of it)."""
+
+    def __init__(self, app: ASGIApp, mount: Callable[[], None]) -> None:
+        self.app = app
+        self.mount: Callable[[], None] | None = mount
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.mount is not None and scope["type"] == "http" and not _hot(scope["path"]):
+            mount, self.mount = self.mount, None
+            mount()
+        await self.app(scope, receive, send)
+
+
+def _mount_the_rest(app: FastAPI, *, guards_installed: bool) -> None:
+    """The admin and group API, the pages and the login routes (with the guards, unless installed)."""
+    from labhub.api import groups, users
+
+    app.include_router(users.router, prefix="/api/v1")
+    app.include_router(users.audit_router, prefix="/api/v1")
+    app.include_router(groups.router, prefix="/api/v1")
+    from labhub.web import pages
+
+    pages.mount(app)
+    from labhub.auth import routes as auth_routes
+
+    if not guards_installed:
+        auth_routes.mount(app)
+        return
+    installed = {m.cls for m in app.user_middleware}
+
+    def add_middleware(cls: Any, *args: Any, **kwargs: Any) -> None:  # auth.routes.mount() installs the guards
+        if cls not in installed:
+            raise RuntimeError(f"{cls.__name__}: middleware must be added in create_app(), not on first use")
+
+    app.add_middleware = add_middleware  # type: ignore[method-assign]
+    try:
+        auth_routes.mount(app)
+    finally:
+        del app.add_middleware
+
+
+def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
+    """The hub's web application (API and pages) for an already-built :class:`Hub`.
+
+    ``lazy``: build what is outside :data:`HOT_PATHS` on its first use (``labhub serve`` does); the
+    application serves the same either way.
+    """
     app = FastAPI(
         title="LabHub", version=__version__,
         description="Workspaces, jobs and services for a research group. Authenticate with "
@@ -250,19 +310,32 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(misc.router, prefix="/api/v1")
     app.include_router(instances.router, prefix="/api/v1")
     app.include_router(callhome.router, prefix="/api/v1")
-    app.include_router(users.router, prefix="/api/v1")
-    app.include_router(users.audit_router, prefix="/api/v1")
-    app.include_router(groups.router, prefix="/api/v1")
-    from labhub.web import pages
+    # the rest is built when first needed (lazy) or now; middleware and error handlers are added here either
+    # way, since Starlette fixes them when it builds its middleware stack on the first request
+    if lazy:
+        app.add_middleware(MountOnFirstUse, mount=lambda: _mount_the_rest(app, guards_installed=True))
+    else:
+        _mount_the_rest(app, guards_installed=False)
+    from labhub.auth import guards
 
-    pages.mount(app)
-    from labhub.auth import routes as auth_routes
+    if lazy:
+        guards.install(app)  # (auth.routes.mount() installs them when the app is built at once)
 
-    auth_routes.mount(app)
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        """A friendly 500 for browsers (the error is logged with its traceback by the server); what
+        ``labhub.web.pages.mount`` installs, here so that it holds before the pages are mounted."""
+        if not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", ""):
+            from labhub.web import pages
+
+            return pages.error_page(request, 500, "Something unexpected went wrong on the hub.")
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Any:
         if _wants_html(request):
+            from labhub.web import pages
+
             response = pages.error_page(request, exc.status, exc.message)
             response.headers.update(exc.headers)
             return response
@@ -305,6 +378,8 @@ def create_app(hub: Hub) -> FastAPI:
         if exc.status_code == 405 and (allowed := _allowed_methods(app, request.scope)):
             headers["Allow"] = allowed
         if _wants_html(request):
+            from labhub.web import pages
+
             if exc.status_code == 401:
                 return pages.login_redirect(request)
             response = pages.error_page(request, exc.status_code, str(exc.detail))

@@ -17,7 +17,8 @@ CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = csrf.SAFE_METHODS
 
 
-def get_hub(request: Request) -> Hub:
+async def get_hub(request: Request) -> Hub:
+    # async (as every dependency here): FastAPI runs a plain ``def`` dependency in a worker thread
     return request.app.state.hub
 
 
@@ -75,13 +76,25 @@ async def get_principal(request: Request, hub: HubDep) -> Principal | None:
 PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
 
 
+def _unauthenticated() -> HTTPException:
+    return HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+
+
 async def get_caller(principal: PrincipalDep, session: SessionDep, hub: HubDep) -> tuple[Principal, User]:
     if principal is None:
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+        raise _unauthenticated()
     user = await hub.active_user(session, principal.user_id)
     if user is None:
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+        raise _unauthenticated()
     return principal, user
+
+
+def _check_scopes(request: Request, principal: Principal, needed: tuple[str, ...], read_passes: bool) -> None:
+    scopes = principal.scopes
+    if "*" in scopes or scopes & set(needed) or (
+            read_passes and "read" in scopes and request.method in SAFE_METHODS):
+        return
+    raise HTTPException(403, f"this token lacks the scope: {' or '.join(needed)}")
 
 
 def scoped(*needed: str, read_passes: bool = True):  # noqa: ANN201 - returns a dependency
@@ -94,11 +107,27 @@ def scoped(*needed: str, read_passes: bool = True):  # noqa: ANN201 - returns a 
 
     async def dependency(request: Request, caller: Annotated[tuple[Principal, User], Depends(get_caller)]) -> User:
         principal, user = caller
-        scopes = principal.scopes
-        if "*" in scopes or scopes & set(needed) or (
-                read_passes and "read" in scopes and request.method in SAFE_METHODS):
-            return user
-        raise HTTPException(403, f"this token lacks the scope: {' or '.join(needed)}")
+        _check_scopes(request, principal, needed, read_passes)
+        return user
+
+    return dependency
+
+
+def scoped_principal(*needed: str, read_passes: bool = True):  # noqa: ANN201 - returns a dependency
+    """Like :func:`scoped`, giving the caller's :class:`Principal` without opening a transaction.
+
+    For hot reads that need no more of the caller than who they are.  The
+    principal comes from the authenticator's cache, which holds active users
+    only: the hub drops a user's entries when their status, role or
+    credentials change (``Hub.credentials_changed``), so a disabled account or
+    a revoked token stops here at once, as it does in the proxy.
+    """
+
+    async def dependency(request: Request, principal: PrincipalDep) -> Principal:
+        if principal is None:
+            raise _unauthenticated()
+        _check_scopes(request, principal, needed, read_passes)
+        return principal
 
     return dependency
 
@@ -107,6 +136,8 @@ CurrentUser = Annotated[User, Depends(scoped("*"))]
 InstancesUser = Annotated[User, Depends(scoped("instances"))]
 JobsUser = Annotated[User, Depends(scoped("jobs"))]
 ReadUser = Annotated[User, Depends(scoped("read", "instances"))]
+CurrentCaller = Annotated[Principal, Depends(scoped_principal("*"))]
+InstancesCaller = Annotated[Principal, Depends(scoped_principal("instances"))]
 
 
 async def get_admin(user: Annotated[User, Depends(scoped("admin", read_passes=False))]) -> User:
@@ -118,7 +149,7 @@ async def get_admin(user: Annotated[User, Depends(scoped("admin", read_passes=Fa
 AdminUser = Annotated[User, Depends(get_admin)]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The caller's address as the hub's proxy reported it (it overwrites any X-Forwarded-For a client sends)."""
     return request.client.host if request.client else ""
 

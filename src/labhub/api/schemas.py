@@ -6,7 +6,7 @@ import datetime as dt
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import Path
+from fastapi import Path, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -62,6 +62,15 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 SIGNED_IN = errors(401, 403)
 """What every route that needs a user's credential can answer besides its own errors."""
+
+
+def json_answer(content: bytes, status_code: int = 200) -> Response:
+    """An answer serialised once, by the route (``pydantic_core.to_json`` of plain values, or cached bytes).
+
+    FastAPI passes a returned Response through as it is: no second validation against the route's
+    ``response_model``, which still documents the answer.  Datetimes come out as the models write
+    them (ISO 8601, ``Z`` for UTC)."""
+    return Response(content, status_code=status_code, media_type="application/json")
 
 
 def _holds_nul(value: Any) -> bool:

@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from labhub.api.deps import AddressDep, AdminUser, HubDep, ReadUser, SessionDep, scoped
 from labhub.api.schemas import (
@@ -29,6 +30,7 @@ from labhub.api.schemas import (
     TokenRequest,
     error,
     errors,
+    json_answer,
 )
 from labhub.auth import audit, identities
 from labhub.hub import Hub
@@ -80,6 +82,19 @@ class NewUser(RequestBody):
     email: str | None = Field(default=None, max_length=320)
     password: str | None = Field(default=None, max_length=1024, description="none: the user logs in with OIDC only")
     admin: bool = False
+
+
+class NewUsers(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"users": [{"name": "alice"}, {"name": "bob"}]}]})
+
+    users: list[NewUser] = Field(
+        min_length=1, max_length=admin.MAX_BATCH,
+        description=f"1 to {admin.MAX_BATCH} accounts, at most {admin.MAX_BATCH_PASSWORDS} of them with a password "
+                    "(each costs an argon2 hash)")
+
+
+class NewUsersOut(BaseModel):
+    users: list[AccountOut] = Field(description="the accounts, in the order given")
 
 
 class UserChange(RequestBody):
@@ -145,13 +160,25 @@ async def list_users(
 
 @router.post("", status_code=201, response_model=AccountOut, summary="Add a user (admins); active at once",
              responses=error(409, "A user with this name exists"))
-async def add_user(body: NewUser, actor: AdminUser, session: SessionDep, address: AddressDep) -> AccountOut:
-    if body.email is not None and (reason := users.check_email(body.email)):
-        raise Invalid("invalid user", fields={"email": reason})
-    user = await users.create_user(session, name=body.name, password=body.password, admin=body.admin, email=body.email)
-    audit.record(session, actor=actor, action="user.add", target=user.name, address=address, admin=body.admin)
+async def add_user(body: NewUser, actor: AdminUser, session: SessionDep, address: AddressDep) -> Response:
+    account = admin.NewAccount(name=body.name, email=body.email, password=body.password, admin=body.admin)
+    [created] = await admin.add_users(session, actor=actor, accounts=[account], address=address, field_prefix="")
     await session.commit()
-    return AccountOut.of(user)
+    return json_answer(to_json(created), status_code=201)
+
+
+@router.post(":bulk", status_code=201, response_model=NewUsersOut,
+             summary=f"Add up to {admin.MAX_BATCH} users at once (admins): all or none, each active at once",
+             description="Every entry is checked before anything is written; the answer names each field at fault "
+                         "as `users.<index>.<field>` (422: invalid or repeated names, short passwords, bad "
+                         "addresses, too many entries; 409: names that exist). Each account is audited as "
+                         "`user.add`.",
+             responses=error(409, "Some of the names exist (`fields` names each); none was added"))
+async def add_users(body: NewUsers, actor: AdminUser, session: SessionDep, address: AddressDep) -> Response:
+    accounts = [admin.NewAccount(name=u.name, email=u.email, password=u.password, admin=u.admin) for u in body.users]
+    created = await admin.add_users(session, actor=actor, accounts=accounts, address=address)
+    await session.commit()
+    return json_answer(to_json({"users": created}), status_code=201)
 
 
 @router.get("/{name}", response_model=AccountDetail, summary="One account (yours, or any for admins)",

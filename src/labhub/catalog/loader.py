@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -22,6 +23,9 @@ class Catalog:
 
     templates: dict[str, Template] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What is derived from this catalog once and reused (the API's serialised templates).  A catalog
+    is not changed once loaded; a reload is a new catalog, and starts with an empty memo."""
 
     def get(self, name: str) -> Template | None:
         return self.templates.get(name)
