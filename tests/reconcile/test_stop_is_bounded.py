@@ -10,7 +10,7 @@ import pytest
 
 from labhub import server
 from labhub.backends.fake import FakeBackend
-from labhub.reconcile.reconciler import _listening
+from labhub.reconcile.probe import listening
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.asyncio
@@ -28,7 +28,7 @@ async def test_a_readiness_probe_is_always_cancellable():
     """Cancel at every point of the connect/sleep cycle; on 3.11 wait_for() lost some of these."""
     url = f"http://127.0.0.1:{_closed_port()}"
     for k in range(40):
-        task = asyncio.create_task(_listening(url, wait=30.0))
+        task = asyncio.create_task(listening(url, wait=30.0))
         for _ in range(k):
             await asyncio.sleep(0)
         task.cancel()

@@ -36,18 +36,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from labhub import __version__
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
 from labhub.backends.local_isolation import group_name
 from labhub.catalog import Catalog
-from labhub import __version__
 from labhub.models import ACTIVE, Instance, Replica, Status, User
 from labhub.proxy.routes import Route, RouteTable
+from labhub.reconcile.probe import http_status, listening
 from labhub.services import accounts, changes, users
 from labhub.services.errors import Conflict, Invalid, NotFound, ServiceError
 from labhub.services.instances import build_spec, request_stop
@@ -440,9 +440,9 @@ class Reconciler:
     async def _probe(self, url: str, base_url: str, ready_path: str | None, token: str, wait: float = 0.0) -> bool:
         if ready_path is None:
             return True
-        if not await _listening(url, wait):
+        if not await listening(url, wait):
             return False
-        status = await _http_status(url, f"{base_url}{ready_path}", token)
+        status = await http_status(url, f"{base_url}{ready_path}", token)
         return status is not None and status < 500 and status not in (404, 401, 403)
 
     async def _became_ready(self, instance_id: str, url: str | None, took: float) -> None:
@@ -711,58 +711,6 @@ class Reconciler:
         except (BackendError, OSError):
             return ""
         return ("\n--- last log lines ---\n" + "\n".join(lines)) if lines else ""
-
-
-def _open(url: str) -> Coroutine[Any, Any, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    """A connection to an upstream URL: ``http://host:port`` or ``unix:/path``."""
-    if url.startswith("unix:"):
-        return asyncio.open_unix_connection(url.removeprefix("unix:"))
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
-    return asyncio.open_connection(host, port)
-
-
-async def _listening(url: str, wait: float) -> bool:
-    """Whether ``url`` accepts connections, trying every 10 ms for up to ``wait`` s.
-
-    A refused connect costs tens of microseconds; an HTTP client's failed request, a
-    millisecond: so the readiness probe only runs once something listens."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            async with asyncio.timeout(1.0):
-                _, writer = await _open(url)
-        except (OSError, TimeoutError):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-            continue
-        writer.close()
-        return True
-
-
-async def _http_status(url: str, path: str, token: str, timeout: float = 5.0) -> int | None:
-    """The status code of ``GET path`` on ``url`` with the instance token, or None.
-
-    One small request on its own connection: the hub does not need a general HTTP
-    client for this (httpx would cost the hub several MiB and a slower start)."""
-    parts = urlsplit(url)
-    host = f"{parts.hostname}:{parts.port or 80}" if parts.hostname else "localhost"
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await _open(url)
-            try:
-                writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: token {token}\r\n"
-                             f"Connection: close\r\n\r\n".encode())
-                line = await reader.readline()
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return None
-    fields = line.split(b" ", 2)
-    if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
-        return None
-    return int(fields[1])
 
 
 def _describe(handle: Handle) -> str:
