@@ -13,6 +13,8 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 [ -x /usr/sbin/munged ] || missing+=(munge)
 # Several replicas: the documented nginx load balancer, started by the test on its own ports.
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# Remote ROOT inputs: a real XRootD server (tests/runtimes/servers.py starts its own on loopback, as the xrootd account).
+[ -x /usr/bin/xrootd ] || missing+=(xrootd-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $root = 1 ]; then
     echo "installing: ${missing[*]}"

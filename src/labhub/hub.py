@@ -37,6 +37,8 @@ from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
 from labhub.reconcile.reconciler import Launch, Parts, Reconciler
 from labhub.services import changes, credentials, origins, security, users
 from labhub.services.bus import EventBus
+from labhub.services.folders import Folders
+from labhub.services.jobs import JobFiles
 from labhub.settings import Settings, load_secret_key
 
 log = logging.getLogger(__name__)
@@ -97,14 +99,18 @@ class Hub:
         self._stale_routes: set[str] = set()
         self._routes_dirty = asyncio.Event()
         self.sessions = db.make_sessionmaker(self.engine, sync_session_class=self._session_class())
+        self.folders = Folders(settings.storage)
+        self.jobs = JobFiles(settings.storage)
         self.reconciler = Reconciler(Parts(
             sessions=self.sessions, backends=self.backends, catalog=lambda: self.catalog, routes=self.routes,
-            route_for=self.route_for, launch=Launch(self.instance_token, self.home_for, self.base_path),
+            route_for=self.route_for, launch=Launch(self.instance_token, self.home_for, self.base_path,
+                                                    jobs=self.jobs, folders=self.folders, runtime=self.runtime),
             clock=clock, settings=settings, replica=self.replica,
         ))
 
     async def start(self, *, reconcile: bool = True) -> None:
         group = next((b.data_dir_group for b in self.backends.values() if b.data_dir_group is not None), None)
+        storage.prepare_storage(self.settings.storage.dir, self.settings.data_dir, group=group)
         storage.secure(self.settings.data_dir, group=group)
         await db.upgrade(self.engine)
         self.catalog = load_catalog(self.settings.templates_dir)
@@ -124,6 +130,20 @@ class Hub:
         if reconcile:  # (the CLI's hubs do not reconcile, and are no replicas)
             await self.reconciler.join()
             self.reconciler.start()
+
+    async def runtime(self, name: str, progress: Callable[[str], None]) -> Path:
+        """The built runtime ``name`` (built now if it is not yet: minutes; lines go to ``progress``).
+        Raises ``LookupError`` for a runtime LabHub does not know, ``RuntimeBuildError`` if the build fails."""
+        from labhub import runtimes  # a job's first start, not the hub's
+
+        known = runtimes.BUILTIN.get(name)
+        if known is None:
+            raise LookupError(f"no runtime named {name!r} (known: {', '.join(sorted(runtimes.BUILTIN))})")
+        root = self.settings.runtimes_dir
+        assert root is not None
+        if runtimes.is_built(root, known):
+            return runtimes.location(root, known)
+        return await runtimes.build(root, known, progress=progress)
 
     def _warn_about_identity_settings(self) -> None:
         s = self.settings

@@ -146,6 +146,25 @@ class ThrottleSettings(BaseModel):
     signups_per_hour: int = Field(default=10, ge=1)  # sign-up attempts per client address
 
 
+class StorageSettings(BaseModel):
+    """Folders (uploaded inputs) and artifacts (what jobs leave); env ``LABHUB_STORAGE__<FIELD>``.
+
+    Sizes are bytes.  A user's storage is their folders plus the artifacts of their jobs still kept.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: Path | None = None  # folders and job directories; default <data_dir>; on Slurm, a path the nodes share
+    max_file_bytes: int = Field(default=4 * 1024**3, gt=0)  # one uploaded (or extracted) file
+    max_folder_bytes: int = Field(default=20 * 1024**3, gt=0)
+    max_folder_files: int = Field(default=20_000, gt=0)
+    max_user_bytes: int = Field(default=50 * 1024**3, gt=0)
+    max_folders: int = Field(default=200, gt=0)  # per user
+    max_ratio: float = Field(default=200.0, gt=1)  # extracted bytes per archive byte (decompression bombs)
+    artifact_days: float = Field(default=30.0, gt=0)  # artifacts are kept this long after their job ends
+    max_artifacts: int = Field(default=10_000, gt=0)  # files listed (and bundled) per job
+
+
 class Settings(BaseSettings):
     """Hub configuration.  Every field can be set as ``LABHUB_<FIELD>``."""
 
@@ -161,6 +180,9 @@ class Settings(BaseSettings):
     isolation: Literal["auto", "none"] = "auto"
     account_prefix: str = Field(default="labhub-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$")  # per-user system accounts
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    runtimes_dir: Path | None = None  # built runtimes (virtualenvs instances run in); default <data_dir>/runtimes
+    mlaas4hep_routes: bool = True  # MLaaS4HEP's /upload, /submit, /status_docker, ... (docs/jobs.md)
 
     reconcile_interval: float = Field(default=5.0, gt=0)
     start_timeout: float = Field(default=300.0, gt=0)  # seconds; templates may lower it
@@ -258,6 +280,8 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser().resolve()
         if self.templates_dir is not None:
             self.templates_dir = self.templates_dir.expanduser().resolve()
+        self.runtimes_dir = (self.runtimes_dir or self.data_dir / "runtimes").expanduser().resolve()
+        self.storage.dir = (self.storage.dir or self.data_dir).expanduser().resolve()
         return self
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PRIVATE_FILES = ("labhub.sqlite", "labhub.sqlite-wal", "labhub.sqlite-shm", "labhub.sqlite-journal",
                  "secret.key", "labhub.toml")
-TRAVERSED_DIRS = ("homes", "instances", "slurm")
+TRAVERSED_DIRS = ("homes", "instances", "slurm", "folders", "jobs")
 
 
 class StorageError(Exception):
@@ -75,6 +75,19 @@ def prepare(data_dir: Path, *, sqlite: Path | None = None) -> None:
             path = sqlite.with_name(sqlite.name + suffix)
             if path.exists() and not path.is_symlink() and path.stat().st_uid == os.geteuid():
                 os.chmod(path, 0o600)
+
+
+def prepare_storage(storage_dir: Path | None, data_dir: Path, *, group: int | None) -> None:
+    """Create ``folders/`` and ``jobs/`` in the storage directory: the hub's, traversable (never
+    listable) by the instance accounts' group, as the data directory is.  Under the data directory
+    :func:`secure` keeps them so; elsewhere (a shared file system) they are set here."""
+    root = storage_dir or data_dir
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in ("folders", "jobs"):
+        path = root / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        if root.resolve() != data_dir.resolve():
+            _own(path, Report(), 0o710 if group is not None else 0o700, gid=group)
 
 
 def secure(data_dir: Path, *, group: int | None) -> Report:

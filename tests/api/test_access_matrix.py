@@ -42,11 +42,12 @@ class Rule:
     ok: frozenset[int] | None = None
     pending_gated: bool = True  # a pending user is sent to the waiting page (or 403 in the API)
     anonymous: frozenset[int] | None = None  # override for anonymous callers
+    admin: frozenset[int] | None = None  # override for an admin who is not allowed
 
 
-def rule(*allowed: str, other=(403,), ok=None, pending_gated=True, anonymous=None) -> Rule:
+def rule(*allowed: str, other=(403,), ok=None, pending_gated=True, anonymous=None, admin=None) -> Rule:
     return Rule(frozenset(allowed), frozenset(other), frozenset(ok) if ok else None, pending_gated,
-                frozenset(anonymous) if anonymous else None)
+                frozenset(anonymous) if anonymous else None, frozenset(admin) if admin else None)
 
 
 # The rules.  A route's rule answers "who may do this?"; nothing else.
@@ -57,6 +58,9 @@ OWNER = rule("user", "admin", other=(403, 404))  # the resource's owner and admi
 OWNER_ONLY = rule("user", other=(403, 404))  # the owner alone (an admin gets 403 too)
 ADMIN = rule("admin")
 INSTANCE_TOKEN = rule(anonymous=(403,), other=(403,))  # only the instance's own secret
+MINE = rule("user", other=(404,), admin=(404,))  # per-user data (folders): anyone else finds no such thing
+JOB = rule("user", "admin", other=(403,), ok=(404,))  # a job's results, asked of a workspace: "only jobs have"
+BEARER_ONLY = rule(*ROLES, ok=(401,))  # MLaaS4HEP's routes: never the session cookie
 
 # Every (method, path) of the app, and the proxied instance URLs.  Paths are the route table's templates.
 EXPECTATIONS: dict[tuple[str, str], Rule] = {
@@ -81,6 +85,29 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/instances/{instance_id}/events"): OWNER,
     ("GET", "/api/v1/instances/{instance_id}/logs"): OWNER,
     ("POST", "/api/v1/instances/{instance_id}/callhome"): INSTANCE_TOKEN,
+    # jobs' results (the world's instance is a workspace: its owner and admins learn it has none)
+    ("GET", "/api/v1/instances/{instance_id}/artifacts"): JOB,
+    ("GET", "/api/v1/instances/{instance_id}/artifacts.tar.gz"): JOB,
+    ("GET", "/api/v1/instances/{instance_id}/artifacts/{path:path}"): JOB,
+    ("GET", "/api/v1/instances/{instance_id}/metrics"): JOB,
+    ("GET", "/api/v1/instances/{instance_id}/log"): OWNER,
+    ("DELETE", "/api/v1/instances/{instance_id}/record"): OWNER,
+    # folders
+    ("GET", "/api/v1/folders"): USER,
+    ("GET", "/api/v1/folders/{name}"): MINE,
+    ("POST", "/api/v1/folders/{name}/upload"): rule("user", "other", "admin"),  # into one's own folder of the name
+    ("GET", "/api/v1/folders/{name}/files/{path:path}"): MINE,
+    ("DELETE", "/api/v1/folders/{name}/files/{path:path}"): MINE,
+    ("DELETE", "/api/v1/folders/{name}"): MINE,
+    # MLaaS4HEP's routes take a bearer token only: every cookie caller is turned away
+    ("POST", "/upload"): BEARER_ONLY,
+    ("POST", "/submit"): BEARER_ONLY,
+    ("GET", "/status_docker"): BEARER_ONLY,
+    ("GET", "/logs"): BEARER_ONLY,
+    ("POST", "/logs"): BEARER_ONLY,
+    ("GET", "/model"): BEARER_ONLY,
+    ("GET", "/delete_specs"): BEARER_ONLY,
+    ("GET", "/delete_folder"): BEARER_ONLY,
     # users (admin API; one's own account readable)
     ("GET", "/api/v1/users"): ADMIN,
     ("POST", "/api/v1/users"): ADMIN,
@@ -128,6 +155,11 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/launch"): USER,
     ("GET", "/launch/{template}"): USER,
     ("POST", "/launch/{template}"): USER,
+    ("GET", "/folders"): USER,
+    ("GET", "/folders/{name}"): MINE,
+    ("POST", "/folders/{name}/upload"): rule("user", "other", "admin", ok=(303, 422)),  # no file sent: said so
+    ("POST", "/folders/{name}/delete"): MINE,
+    ("POST", "/folders/{name}/remove"): MINE,
     ("GET", "/tokens"): USER,
     ("POST", "/tokens"): USER,
     ("POST", "/tokens/{token_id}/revoke"): rule("user", "admin", other=(404,)),
@@ -161,12 +193,14 @@ JSON_BODIES = {
     ("POST", "/api/v1/groups"): {"name": "g{n}"},
     ("PATCH", "/api/v1/groups/{group}"): {"description": "matrix"},
 }
+RAW_BODIES = {("POST", "/api/v1/folders/{name}/upload"): ("filename=b.txt", b"matrix")}
 FORM_BODIES = {
     ("POST", "/login"): {"username": "nobody", "password": "wrong password"},
     ("POST", "/setup"): {"token": "wrong", "username": "x", "password": "long enough"},
     ("POST", "/signup"): {"username": "s{n}", "email": "s{n}@lab.example", "password": "password {n}"},
     ("POST", "/launch/{template}"): {"name": "p{n}", "hours": "1"},
     ("POST", "/tokens"): {"note": "matrix"},
+    ("POST", "/folders/{name}/remove"): {"path": "a.txt"},
     ("POST", "/admin/users"): {"username": "a{n}", "password": "password {n}"},
     ("POST", "/approvals/{name}/reject"): {"reason": "matrix"},
 }
@@ -209,6 +243,8 @@ def expected(rule_: Rule, role: str, method: str, path: str) -> frozenset[int] |
         return frozenset({303}) if is_page(path) else frozenset({401})
     if role == "other":
         return rule_.other
+    if role == "admin" and rule_.admin:
+        return rule_.admin
     return frozenset({403})
 
 
@@ -267,8 +303,16 @@ async def fresh_params(world: World, method: str, path: str, n: int) -> tuple[di
     params: dict[str, str] = {"provider": "mock", "template": "jupyterlab", "owner": "alice",
                               "name": world.ended_name, "path": "api"}
     owner = "alice"
+    folder = path.startswith(("/api/v1/folders/{name}", "/folders/{name}"))
+    if folder:  # a fresh folder of alice's holding a.txt (a call may delete it)
+        async with hub.sessions() as session:
+            alice_id = (await users.get_user(session, name="alice")).id
+        received = hub.folders.new_upload_file(alice_id)
+        received.write_bytes(b"matrix")
+        await hub.folders.add(hub.tx, owner_id=alice_id, name=f"fold{n}", received=received, filename="a.txt")
+        params.update(name=f"fold{n}", path="a.txt")
     needs_subject = any(p in path for p in ("{token_id}", "{group}")) or (
-        "{name}" in path and not path.startswith("/user/"))
+        "{name}" in path and not path.startswith("/user/") and not folder)
     if needs_subject:
         owner = f"subj{n}"
         status = UserStatus.PENDING if path in PENDING_SUBJECT else UserStatus.ACTIVE
@@ -344,7 +388,10 @@ async def call(world: World, role: str, owner: str, method: str, path: str, para
         headers.update(Accept="application/json", Host=host, Origin=f"http://{host}")  # its own page's request
     kwargs: dict = {}
     key = (method, path)
-    if key in JSON_BODIES:
+    if key in RAW_BODIES:
+        query, kwargs["content"] = RAW_BODIES[key]
+        url += "?" + query
+    elif key in JSON_BODIES:
         kwargs["json"] = _numbered(JSON_BODIES[key], n)
     elif method != "GET" and is_page(path) and path != PROXY:
         form = {k: v.format(n=n) for k, v in FORM_BODIES.get(key, {}).items()}

@@ -27,7 +27,7 @@ def test_invalid_site_templates_are_reported_and_skipped(tmp_path):
     (tmp_path / "hours.yaml").write_text("title: H\ncommand: [x]\nhours: {default: 10, max: 2}\n")
     (tmp_path / "ref.yaml").write_text("title: R\ncommand: ['{param:missing}']\n")
     catalog = load_catalog(tmp_path)
-    assert set(catalog.templates) == {"jupyterlab", "good"}
+    assert set(catalog.templates) == {"jupyterlab", "mlaas4hep", "good"}
     errors = "\n".join(catalog.errors)
     assert "bad-kind.yaml: kind:" in errors
     assert "no-command.yaml: command:" in errors
@@ -68,3 +68,24 @@ def test_params_are_validated_field_by_field(tpl):
 def test_render_fills_argv_elements_without_a_shell(tpl):
     command, _ = tpl.render({"epochs": 5, "model": "cnn; rm -rf /"})
     assert command == ["python", "train.py", "--epochs=5", "cnn; rm -rf /"]  # one argv element, never parsed
+
+
+def test_builtin_mlaas4hep_is_a_job_reading_a_folder_in_the_train_runtime():
+    tpl = load_catalog().get("mlaas4hep")
+    assert tpl is not None and tpl.kind == "job" and tpl.input == "required" and tpl.runtime == "train"
+    assert tpl.ready_path is None and tpl.listen is None  # a job is ready once it runs
+    values, errors = tpl.check_params({"fout": "higgs"})
+    assert errors == {} and values["files"] == "files.txt" and values["fout"] == "higgs"
+    _, bad = tpl.check_params({"fout": "../x", "model": "/etc/passwd"})
+    assert set(bad) == {"fout", "model"}
+
+
+def test_only_jobs_read_folders():
+    from pydantic import ValidationError
+
+    from labhub.catalog.schema import Template
+
+    with pytest.raises(ValidationError, match="only job templates read an input folder"):
+        Template(name="x", title="X", command=["true"], input="required")
+    job = Template(name="j", title="J", kind="job", command=["true"], input="optional")
+    assert job.ready_path is None

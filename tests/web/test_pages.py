@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 
@@ -117,6 +118,30 @@ async def test_home_details_stop_why_and_delete(hub):
     assert (await alice.get("/user/alice/ws1/")).status_code == 503  # the not-running page
     delete = await alice.post(f"/instances/{instance_id}/delete", data={"csrf_token": alice.csrf})
     assert delete.status_code == 303
+    assert (await alice.get(f"/instances/{instance_id}")).status_code == 404
+
+
+async def test_a_write_is_committed_before_its_answer_is_sent(hub, monkeypatch):
+    """A client that follows a 303 (or reads right after a write) sees the write, however slow the
+    commit: the request's transaction ends before the response leaves, not after."""
+    alice = await browser_login(hub, "alice")
+    instance_id = (await launch(alice)).headers["location"].split("/")[2]
+    caller = await hub.user("alice-api", admin=True)
+    await hub.wait_status(caller, instance_id, {"running"})
+    await alice.post(f"/instances/{instance_id}/stop", data={"csrf_token": alice.csrf})
+    await hub.wait_status(caller, instance_id, {"stopped"})
+    tx = hub.hub.tx
+
+    @contextlib.asynccontextmanager
+    async def slow_commit():
+        async with tx() as session:
+            yield session
+            await asyncio.sleep(0.5)  # the commit follows
+
+    monkeypatch.setattr(hub.hub, "tx", slow_commit)
+    delete = await alice.post(f"/instances/{instance_id}/delete", data={"csrf_token": alice.csrf})
+    assert delete.status_code == 303
+    monkeypatch.setattr(hub.hub, "tx", tx)
     assert (await alice.get(f"/instances/{instance_id}")).status_code == 404
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labhub import __version__
-from labhub.api import callhome, instances, misc
+from labhub.api import callhome, instances, jobs, misc
 from labhub.api.schemas import ErrorOut, error
 from labhub.hub import Hub
 from labhub.services.errors import Conflict, ServiceError
@@ -38,6 +39,9 @@ SECURITY_SCHEMES = {
 }
 
 
+UPLOAD_PATHS = re.compile(r"^(/api/v1/folders/[^/]+/upload|/upload|/folders/[^/]+/upload)$")
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, declared or streamed.
 
@@ -49,13 +53,21 @@ class BodyLimit:
     Anything else that reads the body (the login throttle) is answered here.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, *, uploads: re.Pattern[str] | None = None,
+                 upload_limit: int = 0) -> None:
+        """``uploads``: paths whose bodies are files, up to ``upload_limit`` (their routes stream
+        them to disk and hold the exact limits themselves)."""
         self.app = app
         self.limit = limit
+        self.uploads = uploads
+        self.upload_limit = upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self.uploads is not None and scope["method"] in ("POST", "PUT") and self.uploads.match(scope["path"]):
+            await type(self)(self.app, self.upload_limit)(scope, receive, send)
             return
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > self.limit:
@@ -171,6 +183,8 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 def _wants_html(request: Request) -> bool:
+    if getattr(request.state, "json_errors", False):
+        return False
     return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
 
 
@@ -265,11 +279,16 @@ class MountOnFirstUse:
 
 def _mount_the_rest(app: FastAPI, *, guards_installed: bool) -> None:
     """The admin and group API, the pages and the login routes (with the guards, unless installed)."""
-    from labhub.api import groups, users
+    from labhub.api import folders, groups, users
 
     app.include_router(users.router, prefix="/api/v1")
     app.include_router(users.audit_router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")
+    app.include_router(folders.router, prefix="/api/v1")
+    if app.state.hub.settings.mlaas4hep_routes:
+        from labhub.api import mlaas4hep
+
+        app.include_router(mlaas4hep.router)
     from labhub.web import pages
 
     pages.mount(app)
@@ -310,6 +329,7 @@ def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
     app.include_router(misc.router, prefix="/api/v1")
     app.include_router(instances.router, prefix="/api/v1")
     app.include_router(callhome.router, prefix="/api/v1")
+    app.include_router(jobs.router, prefix="/api/v1")
     # the rest is built when first needed (lazy) or now; middleware and error handlers are added here either
     # way, since Starlette fixes them when it builds its middleware stack on the first request
     if lazy:
@@ -388,5 +408,7 @@ def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers or None)
 
     app.add_middleware(RefuseNul)
-    app.add_middleware(BodyLimit, limit=hub.settings.max_body_bytes)
+    # a multipart form around the file adds a little: headers and boundaries
+    app.add_middleware(BodyLimit, limit=hub.settings.max_body_bytes, uploads=UPLOAD_PATHS,
+                       upload_limit=hub.folders.upload_limit() + 64 * 1024)
     return app

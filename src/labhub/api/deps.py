@@ -30,7 +30,10 @@ async def get_session(hub: HubDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the transaction commits when the endpoint returns, *before* the response is
+# sent (FastAPI's default ends a dependency after sending): a client that follows a 303 or reads
+# right after a write must see it, and a streaming response must not hold a connection open.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 def bearer_token(request: Request) -> str | None:

@@ -46,7 +46,7 @@ async def launch(body: LaunchRequest, user: InstancesUser, session: SessionDep, 
     inst = await svc.launch(
         session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
         template=body.template, name=body.name, size=body.size, hours=body.hours, params=body.params,
-        backend=body.backend, groups=await groups.names_of(session, user), now=hub.clock(),
+        backend=body.backend, groups=await groups.names_of(session, user), input=body.input, now=hub.clock(),
     )
     await session.commit()
     return InstanceOut.of(inst, url=hub.instance_url(inst))
@@ -84,7 +84,8 @@ async def list_instances(
 _LISTED = (Instance.id, Instance.name, Instance.kind, Instance.template, Instance.size, Instance.cpus,
            Instance.memory_mb, Instance.gpus, Instance.hours, Instance.params, Instance.backend, Instance.status,
            Instance.reason, Instance.message, Instance.created_at, Instance.started_at, Instance.ended_at,
-           Instance.expires_at, Instance.last_activity_at)
+           Instance.expires_at, Instance.last_activity_at, Instance.input_folder, Instance.exit_code,
+           Instance.output_bytes)
 
 
 @functools.cache
@@ -120,14 +121,16 @@ class _Named(NamedTuple):
 def _listed(hub: Hub, row: Any) -> dict[str, Any]:
     """One row of :data:`_LISTED` (and the owner's name) as :class:`InstanceOut` writes it, field for field."""
     (iid, name, kind, template, size, cpus, memory_mb, gpus, hours, params, backend, status, reason, message,
-     created_at, started_at, ended_at, expires_at, last_activity_at, owner) = row
+     created_at, started_at, ended_at, expires_at, last_activity_at, input_folder, exit_code, output_bytes,
+     owner) = row
     return {
         "id": iid, "name": name, "owner": owner, "kind": kind, "template": template, "size": size,
         "resources": {"cpus": float(cpus), "memory_mb": memory_mb, "gpus": gpus}, "hours": float(hours),
         "params": params or {}, "backend": backend, "status": status, "reason": reason, "message": message,
         "url": hub.instance_url(_Named(iid, name, SimpleNamespace(name=owner))),  # type: ignore[arg-type]
         "created_at": created_at, "started_at": started_at, "ended_at": ended_at, "expires_at": expires_at,
-        "last_activity_at": last_activity_at,
+        "last_activity_at": last_activity_at, "input": input_folder, "exit_code": exit_code,
+        "artifacts_bytes": output_bytes,
     }
 
 

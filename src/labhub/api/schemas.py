@@ -119,6 +119,7 @@ class LaunchRequest(RequestBody):
     hours: float | None = Field(default=None, description="duration; default and maximum come from the template")
     params: dict[str, Any] = Field(default_factory=dict)
     backend: str | None = Field(default=None, max_length=32)
+    input: str | None = Field(default=None, max_length=63, description="jobs: the folder (of yours) the job reads")
 
 
 class Resources(BaseModel):
@@ -148,6 +149,9 @@ class InstanceOut(BaseModel):
     ended_at: dt.datetime | None
     expires_at: dt.datetime
     last_activity_at: dt.datetime | None
+    input: str | None = Field(default=None, description="jobs: the folder the job reads")
+    exit_code: int | None = Field(default=None, description="jobs: how the process ended, once it has")
+    artifacts_bytes: int | None = Field(default=None, description="jobs: what its artifacts hold, once it has ended")
 
     @classmethod
     def of(cls, inst: Instance, *, url: str) -> InstanceOut:
@@ -157,7 +161,8 @@ class InstanceOut(BaseModel):
             hours=inst.hours, params=inst.params or {}, backend=inst.backend, status=inst.status,
             reason=inst.reason, message=inst.message, url=url, created_at=inst.created_at,
             started_at=inst.started_at, ended_at=inst.ended_at, expires_at=inst.expires_at,
-            last_activity_at=inst.last_activity_at,
+            last_activity_at=inst.last_activity_at, input=inst.input_folder, exit_code=inst.exit_code,
+            artifacts_bytes=inst.output_bytes,
         )
 
 

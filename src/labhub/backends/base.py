@@ -99,6 +99,14 @@ class LaunchSpec:
     home: str | None = None  # persistent directory for the owner, if any
     account: str | None = None  # the owner's system account, when the hub assigned one
     options: Mapping[str, Any] = field(default_factory=dict)  # backend-specific
+    #: a virtualenv the instance runs in (its ``bin/`` first on PATH); None: the hub's own
+    #: environment for workspaces, the system's for jobs
+    runtime: str | None = None
+    #: directories the backend creates in ``home``, owned by the instance's account (a job's output)
+    dirs: tuple[str, ...] = ()
+    #: directories the hub owns that the instance's account must be able to read (a job's input
+    #: folder); the backend grants read access to that account alone
+    readable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +188,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def logs(self, handle: Handle, *, tail: int = 100) -> AsyncIterator[str]:
         """The last ``tail`` lines of the instance's output, oldest first."""
+
+    async def read_log(self, handle: Handle, offset: int, *, limit: int = 1 << 20) -> tuple[bytes, int]:
+        """Up to ``limit`` bytes of the instance's output from byte ``offset`` (negative: that many
+        bytes before its end), and the offset after them, for following a log as it grows.
+        ``(b"", offset)`` when there is nothing new.  Backends with :attr:`Capability.LOGS` that
+        can read at an offset override this; the default raises :class:`BackendError`."""
+        raise BackendError(f"the {self.name} backend cannot follow logs")
 
     async def health(self) -> None:
         """Raise :class:`BackendUnavailable` if the engine cannot be used."""

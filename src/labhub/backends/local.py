@@ -54,6 +54,7 @@ from labhub.backends.local_process import (
     fill,
     first_private_dir,
     free_port,
+    grant_read,
     pid_ticks,
     user_name,
     write_json,
@@ -67,6 +68,7 @@ SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
 POLL_S = 0.05  # how often terminate looks whether the processes are gone
 KILL_WAIT_S = 5.0  # after SIGKILL, how long the kernel gets to finish them
 GONE = Observation(Phase.GONE, message="process no longer exists")
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"  # what jobs and runtimes find besides their own environment
 NOT_LISTENING = Observation(Phase.RUNNING, message="not listening yet")
 
 
@@ -210,6 +212,14 @@ class LocalBackend(Backend):
         if account is not None:
             os.chown(home, account.uid, account.gid, follow_symlinks=False)
             home.chmod(0o700)
+        for name in spec.dirs:  # e.g. a job's output/: the instance's, as its home is
+            made = home / name
+            made.mkdir(mode=0o700, exist_ok=True)
+            if account is not None:
+                os.chown(made, account.uid, account.gid, follow_symlinks=False)
+        if account is not None:
+            for path in spec.readable:
+                await asyncio.to_thread(grant_read, Path(path), account.gid)
 
         uses_socket = any("{socket}" in arg for arg in spec.command)
         socket_path = self._socket_path(iid, account) if uses_socket else None
@@ -304,7 +314,12 @@ class LocalBackend(Backend):
 
     def _child_env(self, spec: LaunchSpec, home: Path, account: Account | None) -> dict[str, str]:
         """A minimal environment: the hub's own (with its secrets) is never passed on."""
-        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+        if spec.runtime:  # the instance's own environment, then the system's (not the hub's PATH)
+            path = os.pathsep.join([os.path.join(spec.runtime, "bin"), SYSTEM_PATH])
+        elif spec.kind == "job":  # never the hub's own virtualenv
+            path = SYSTEM_PATH
+        else:  # workspaces without a runtime: the environment the hub was installed with
+            path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
         user = account.name if account is not None else user_name(os.geteuid())
         env = {
             "PATH": path,
@@ -315,6 +330,8 @@ class LocalBackend(Backend):
             "LOGNAME": user,
             "SHELL": "/bin/bash",
         }
+        if spec.runtime:
+            env["VIRTUAL_ENV"] = spec.runtime
         if spec.token:  # the instance's secret goes through the environment, never argv
             env["LABHUB_TOKEN"] = spec.token
             env["JUPYTER_TOKEN"] = spec.token
@@ -492,6 +509,12 @@ class LocalBackend(Backend):
             return
         for line in await asyncio.to_thread(procinfo.tail_lines, self.state_dir / iid / "output.log", tail):
             yield line
+
+    async def read_log(self, handle: Handle, offset: int, *, limit: int = 1 << 20) -> tuple[bytes, int]:
+        iid = handle.get("instance_id")
+        if not isinstance(iid, str) or not INSTANCE_ID_RE.match(iid):
+            return b"", offset
+        return await asyncio.to_thread(procinfo.read_at, self.state_dir / iid / "output.log", offset, limit)
 
     async def health(self) -> None:
         probe = self.state_dir / f".health-{os.getpid()}"

@@ -150,3 +150,20 @@ def first_private_dir(paths: list[Path]) -> Path | None:
             if not mode & 0o001:
                 return directory
     return None
+
+
+def grant_read(path: Path, gid: int) -> None:
+    """Let group ``gid`` (one instance account's own group) read the hub's directory ``path``, and
+    traverse its parent; nobody else gains anything.  ``path`` is the hub's (no one else can have
+    planted links in it), so a plain walk that follows no links is safe."""
+    os.chown(path.parent, -1, gid, follow_symlinks=False)
+    os.chmod(path.parent, 0o710)
+    for top, dirs, files in os.walk(path, followlinks=False):
+        os.chown(top, -1, gid, follow_symlinks=False)
+        os.chmod(top, 0o750)
+        for name in files:
+            file = os.path.join(top, name)
+            if not os.path.islink(file):
+                os.chown(file, -1, gid, follow_symlinks=False)
+                os.chmod(file, 0o640)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]

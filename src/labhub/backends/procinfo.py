@@ -7,6 +7,7 @@ cheap enough to call for every instance on every reconcile tick.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,3 +212,22 @@ def _char_start(raw: bytes) -> int:
     while skip < min(3, len(raw)) and raw[skip] & 0xC0 == 0x80:
         skip += 1
     return skip
+
+
+def read_at(path: Path | str, offset: int, limit: int) -> tuple[bytes, int]:
+    """Up to ``limit`` bytes of a regular file from ``offset`` (negative: from that many bytes
+    before the end), and the offset after them; a missing file, or anything but a regular file
+    (never followed if a symlink), reads as empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b"", max(0, offset)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", max(0, offset)
+        start = max(0, st.st_size + offset) if offset < 0 else min(offset, st.st_size)
+        data = os.pread(fd, max(0, min(limit, st.st_size - start)), start)
+        return data, start + len(data)
+    finally:
+        os.close(fd)

@@ -158,6 +158,8 @@ class Template(BaseModel):
     backends: list[str] | None = None  # allowed backends; None: all enabled
     groups: list[str] | None = None  # restrict to members of these groups
     slurm: SlurmOptions | None = None  # options for the Slurm backend (partition, constraint, #SBATCH)
+    runtime: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")  # None: the hub's own environment
+    input: Literal["none", "optional", "required"] = "none"  # jobs: whether they read a folder
     source: str = Field(default="", exclude=True)
 
     @field_validator("name")
@@ -178,6 +180,10 @@ class Template(BaseModel):
                     raise ValueError(f"command refers to undefined parameter {ref!r}")
         if self.default_size and self.sizes and self.default_size not in self.sizes:
             raise ValueError("default_size must be one of sizes")
+        if self.input != "none" and self.kind != "job":
+            raise ValueError("only job templates read an input folder")
+        if self.kind == "job":
+            self.ready_path = None  # a job is ready once it runs; it listens nowhere
         return self
 
     def check_params(self, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

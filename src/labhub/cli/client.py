@@ -1,4 +1,4 @@
-"""Client commands against a running hub's REST API.
+"""Client commands against a running hub's REST API, through :mod:`labhub.client`.
 
 The hub URL and token come from ``LABHUB_URL`` / ``LABHUB_TOKEN``, else from
 the file ``labhub login`` writes (``~/.config/labhub/client.json``, mode 0600).
@@ -6,70 +6,61 @@ the file ``labhub login`` writes (``~/.config/labhub/client.json``, mode 0600).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
-    import httpx
-
-TERMINAL = {"stopped", "succeeded", "failed", "expired"}
+    from labhub.client import Hub, Progress
 
 
-def _config_path() -> Path:
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "labhub" / "client.json"
+@contextlib.contextmanager
+def _hub() -> Iterator[Hub]:
+    """The client, with every error answer printed (its fields too) and turned into exit code 1."""
+    from labhub.client import Hub, HubError  # here, not at import: `labhub serve` never needs httpx's client
 
-
-def _credentials() -> tuple[str, str]:
-    url, token = os.environ.get("LABHUB_URL"), os.environ.get("LABHUB_TOKEN")
-    if not (url and token):
-        try:
-            saved = json.loads(_config_path().read_text())
-        except (OSError, ValueError):
-            saved = {}
-        url, token = url or saved.get("url"), token or saved.get("token")
-    if not (url and token):
-        typer.echo("error: not logged in: run `labhub login` or set LABHUB_URL and LABHUB_TOKEN", err=True)
-        raise typer.Exit(2)
-    return url.rstrip("/"), token
-
-
-def _client() -> httpx.Client:
-    import httpx  # here, not at import: `labhub serve` never needs it
-
-    url, token = _credentials()
-    return httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-
-
-def _check(resp: httpx.Response) -> Any:
-    if resp.status_code >= 400:
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"detail": resp.text}
-        detail = body.get("detail", resp.reason_phrase)
-        fields = body.get("fields") or {}
-        typer.echo(f"error ({resp.status_code}): {detail}", err=True)
-        for key, msg in fields.items():
+    try:
+        with Hub() as hub:
+            yield hub
+    except HubError as exc:
+        typer.echo(f"error ({exc.status}): {exc.detail}" if exc.status != 401 or exc.fields else f"error: {exc.detail}",
+                   err=True)
+        for key, msg in exc.fields.items():
             typer.echo(f"  {key}: {msg}", err=True)
-        raise typer.Exit(1)
-    if resp.headers.get("content-type", "").startswith("application/json"):
-        return resp.json()
-    return resp.text
+        raise typer.Exit(2 if exc.status == 401 and "not logged in" in exc.detail else 1) from None
 
 
-def _find(client: httpx.Client, name: str) -> dict[str, Any]:
-    rows = _check(client.get("/instances", params={"name": name}))
-    if not rows:
-        typer.echo(f"error: you have no instance named {name!r}", err=True)
-        raise typer.Exit(1)
-    active = [r for r in rows if r["status"] not in TERMINAL]
-    return (active or rows)[0]
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[Progress]:
+    """A progress bar with rate and ETA on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            typer.echo(f"error: --param {item!r}: expected KEY=VALUE", err=True)
+            raise typer.Exit(2)
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
 
 
 def login(
@@ -77,16 +68,20 @@ def login(
     token: Annotated[str, typer.Option(prompt="API token", hide_input=True, help="from the Tokens page or `labhub token issue`")],
 ) -> None:
     """Save the hub URL and an API token for the other client commands."""
-    import httpx
+    from labhub.client import Hub, HubError, save_credentials
 
-    resp = httpx.get(f"{url.rstrip('/')}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    me = _check(resp)
-    path = _config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url.rstrip("/"), "token": token}, fh)
+    try:
+        with Hub(url, token) as hub:
+            me = hub.me()
+    except HubError as exc:
+        typer.echo(f"error ({exc.status}): {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    save_credentials(url, token)
     typer.echo(f"logged in to {url} as {me['name']}")
+
+
+def _show_event(event: dict[str, Any]) -> None:
+    typer.echo(f"  {event['status']}: {event['message'].splitlines()[0] if event['message'] else ''}")
 
 
 def launch(
@@ -98,22 +93,11 @@ def launch(
     wait: Annotated[bool, typer.Option("--wait", help="wait until it runs (or fails)")] = False,
 ) -> None:
     """Launch TEMPLATE as an instance."""
-    params: dict[str, Any] = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            typer.echo(f"error: --param {item!r}: expected KEY=VALUE", err=True)
-            raise typer.Exit(2)
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    body = {"template": template, "name": name, "size": size, "hours": hours, "params": params}
-    with _client() as client:
-        inst = _check(client.post("/instances", json={k: v for k, v in body.items() if v is not None}))
+    with _hub() as hub:
+        inst = hub.launch(template, name, size=size, hours=hours, params=_params(param))
         typer.echo(f"{inst['name']}: {inst['status']} ({inst['id']})")
         if wait:
-            inst = _wait(client, inst)
+            inst = hub.wait(inst["id"], until={"running"}, on_event=_show_event)
             at = f" at {inst['url']}" if inst["status"] == "running" else ""
             typer.echo(f"{inst['name']}: {inst['status']}{at}")
             if inst["status"] != "running":
@@ -121,28 +105,38 @@ def launch(
                 raise typer.Exit(1)
 
 
-def _wait(client: httpx.Client, inst: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
-    with client.stream("GET", f"/instances/{inst['id']}/events", headers={"Accept": "text/event-stream"},
-                       timeout=httpx.Timeout(30, read=None)) as resp:
-        for line in resp.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            event = json.loads(line[6:])
-            if not event:
-                break
-            typer.echo(f"  {event['status']}: {event['message'].splitlines()[0] if event['message'] else ''}")
-            if event["status"] in ("running", *TERMINAL):
-                break
-    return _check(client.get(f"/instances/{inst['id']}"))
+def submit(
+    template: str,
+    input_folder: Annotated[str | None, typer.Option("--input", "-i", help="the folder the job reads")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="job name (default: TEMPLATE-N)")] = None,
+    size: Annotated[str | None, typer.Option("--size", "-s")] = None,
+    hours: Annotated[float | None, typer.Option("--hours", help="time limit")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE (JSON values allowed)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until it has ended; exit 1 unless it succeeded")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="print its log while it runs (implies --wait)")] = False,
+) -> None:
+    """Submit a job from TEMPLATE (a job template, e.g. mlaas4hep)."""
+    with _hub() as hub:
+        inst = hub.submit(template, input=input_folder, name=name, size=size, hours=hours, params=_params(param))
+        typer.echo(f"{inst['name']}: {inst['status']} ({inst['id']})")
+        if follow:
+            for chunk in hub.log(inst["id"]):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        if wait or follow:
+            inst = hub.wait(inst["id"], on_event=None if follow else _show_event)
+            typer.echo(f"{inst['name']}: {inst['status']}" + (f" (exit code {inst['exit_code']})"
+                                                             if inst.get("exit_code") is not None else ""))
+            if inst["status"] != "succeeded":
+                typer.echo(inst["message"].split("\n--- last log lines ---")[0], err=True)
+                raise typer.Exit(1)
 
 
 def ls(all_users: Annotated[bool, typer.Option("--all", help="admins: every user's instances")] = False,
        json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List your instances."""
-    with _client() as client:
-        rows = _check(client.get("/instances", params={"all": "true"} if all_users else {}))
+    with _hub() as hub:
+        rows = hub.instances(all_users=all_users)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -153,37 +147,98 @@ def ls(all_users: Annotated[bool, typer.Option("--all", help="admins: every user
 
 def stop(name: str) -> None:
     """Stop your instance NAME."""
-    with _client() as client:
-        inst = _find(client, name)
-        inst = _check(client.delete(f"/instances/{inst['id']}"))
+    with _hub() as hub:
+        inst = hub.stop(hub.find(name)["id"])
     typer.echo(f"{inst['name']}: {inst['status']}")
 
 
-def logs(name: str, tail: Annotated[int, typer.Option(help="number of lines")] = 200) -> None:
-    """Print the last lines of NAME's output."""
-    with _client() as client:
-        inst = _find(client, name)
-        sys.stdout.write(_check(client.get(f"/instances/{inst['id']}/logs", params={"tail": tail})))
+def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing while it runs")] = False,
+         tail: Annotated[int, typer.Option(help="without --follow: number of lines")] = 200) -> None:
+    """Print NAME's output (with --follow, as it is written, until it has ended)."""
+    with _hub() as hub:
+        inst = hub.find(name)
+        if follow:
+            for chunk in hub.log(inst["id"]):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            return
+        sys.stdout.write(_text(hub.http.get(f"/instances/{inst['id']}/logs", params={"tail": tail})))
+
+
+def _text(resp: Any) -> str:
+    from labhub.client import _check
+
+    return _check(resp)
 
 
 def events(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False) -> None:
     """Print NAME's events."""
-    import httpx
+    with _hub() as hub:
+        for e in hub.events(hub.find(name)["id"], follow=follow):
+            typer.echo(f"{e['at']}  {e['status']:<10} {e['message']}")
 
-    with _client() as client:
-        inst = _find(client, name)
-        if not follow:
-            for e in _check(client.get(f"/instances/{inst['id']}/events")):
-                typer.echo(f"{e['at']}  {e['status']:<10} {e['message']}")
+
+def upload(
+    source: Annotated[Path, typer.Argument(help="a directory, an archive (tar.gz, tar, zip) or a file",
+                                           exists=True, readable=True)],
+    name: Annotated[str, typer.Option("--name", "-n", help="the folder to upload into (created if needed)")],
+    strip_top: Annotated[bool, typer.Option("--strip-top", help="an archive of one top directory: its contents")] = False,
+) -> None:
+    """Upload inputs into a folder (a directory is sent as one tar.gz, made while it is sent)."""
+    with _hub() as hub, _progress(f"uploading {source.name}") as progress:
+        result = hub.upload(source, folder=name, progress=progress, strip_top=strip_top)
+    folder = result["folder"]
+    typer.echo(f"{folder['name']}: {folder['files']} files, {_size(folder['bytes'])} "
+               f"(added {result['added_files']} files, {_size(result['added_bytes'])})")
+    for line in result["skipped"]:
+        typer.echo(f"  skipped {line}", err=True)
+
+
+def folders(name: Annotated[str | None, typer.Argument(help="show this folder's files")] = None,
+            delete: Annotated[bool, typer.Option("--delete", help="delete the folder")] = False,
+            json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List your folders, or one folder's files."""
+    with _hub() as hub:
+        if name is not None and delete:
+            hub.delete_folder(name)
+            typer.echo(f"deleted folder {name}")
             return
-        with client.stream("GET", f"/instances/{inst['id']}/events", headers={"Accept": "text/event-stream"},
-                           timeout=httpx.Timeout(30, read=None)) as resp:
-            for line in resp.iter_lines():
-                if line.startswith("data: ") and line != "data: {}":
-                    e = json.loads(line[6:])
-                    typer.echo(f"{e['at']}  {e['status']:<10} {e['message']}")
+        data: Any = hub.folder(name) if name is not None else hub.folders()
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+    elif name is None:
+        typer.echo(f"{'NAME':<24} {'FILES':>7} {'SIZE':>10}  UPDATED")
+        for f in data:
+            typer.echo(f"{f['name']:<24} {f['files']:>7} {_size(f['bytes']):>10}  {f['updated_at']}")
+    else:
+        for item in data["items"]:
+            typer.echo(f"{_size(item['size']):>10}  {item['path']}")
+        if data["truncated"]:
+            typer.echo("  (more files not listed)", err=True)
+
+
+def download(
+    name: Annotated[str, typer.Argument(help="the job (name or id)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory to put the artifacts in")] = Path("."),
+    path: Annotated[str | None, typer.Option("--path", help="only this artifact")] = None,
+) -> None:
+    """Download a job's artifacts (all of them, or one) into a directory."""
+    with _hub() as hub:
+        inst = hub.find(name)
+        target = output / inst["name"] if path is None else output
+        with _progress(f"downloading {inst['name']}") as progress:
+            where = hub.download(inst["id"], target, path=path, progress=progress)
+    typer.echo(f"saved to {where}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def register(app: typer.Typer) -> None:
-    for command in (login, launch, ls, stop, logs, events):
+    for command in (login, launch, submit, ls, stop, logs, events, upload, folders, download):
         app.command()(command)

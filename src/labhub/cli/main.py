@@ -18,10 +18,13 @@ user_app = typer.Typer(help="Manage users (acts on the data dir).", no_args_is_h
 token_app = typer.Typer(help="Manage API tokens (acts on the data dir).", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 group_app = typer.Typer(help="Manage groups (acts on the data dir).", no_args_is_help=True)
+runtime_app = typer.Typer(help="Runtimes: the environments instances run in (built under LABHUB_RUNTIMES_DIR).",
+                          no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(group_app, name="group")
 app.add_typer(db_app, name="db")
+app.add_typer(runtime_app, name="runtime")
 client.register(app)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory [env LABHUB_DATA_DIR]")]
@@ -375,6 +378,35 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     settings = _settings(data_dir=data_dir)
     asyncio.run(_with_db(settings, lambda s: asyncio.sleep(0)))
     typer.echo(f"database at the newest revision: {settings.effective_database_url.split('@')[-1]}")
+
+
+@runtime_app.command("ls")
+def runtime_ls(data_dir: DataDir = None) -> None:
+    """The built-in runtimes, where each lives and whether it is built."""
+    from labhub import runtimes
+
+    root = _settings(data_dir=data_dir).runtimes_dir
+    for runtime in runtimes.BUILTIN.values():
+        state = "built" if runtimes.is_built(root, runtime) else "not built"
+        typer.echo(f"{runtime.name:<12} {state:<10} {runtimes.location(root, runtime)}")
+
+
+@runtime_app.command("build")
+def runtime_build(name: str, data_dir: DataDir = None) -> None:
+    """Build runtime NAME now (jobs otherwise build it at their first start); a no-op once built."""
+    from labhub import runtimes
+
+    known = runtimes.BUILTIN.get(name)
+    if known is None:
+        typer.echo(f"error: no runtime named {name!r} (known: {', '.join(sorted(runtimes.BUILTIN))})", err=True)
+        raise typer.Exit(1)
+    root = _settings(data_dir=data_dir).runtimes_dir
+    try:
+        path = runtimes.build_sync(root, known, progress=lambda line: typer.echo(line, err=True))
+    except runtimes.RuntimeBuildError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"runtime {name} built: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,7 @@
 """ORM models.  Import from here: ``from labhub.models import User, Instance``."""
 
 from labhub.models.base import Base, UTCDateTime, utcnow
+from labhub.models.folder import Folder
 from labhub.models.instance import ACTIVE, ROUTED, TERMINAL, AuditEvent, Event, Instance, Kind, Status
 from labhub.models.origin import OriginGrant
 from labhub.models.replica import Replica
@@ -17,7 +18,7 @@ from labhub.models.user import (
 )
 
 __all__ = [
-    "ACTIVE", "ROUTED", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Group", "Identity", "Instance", "Kind",
+    "ACTIVE", "ROUTED", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Folder", "Group", "Identity", "Instance", "Kind",
     "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User",
     "UserStatus",
     "utcnow",

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from labhub.models.base import Base, UTCDateTime, utcnow
@@ -79,6 +79,12 @@ class Instance(Base):
     # The lease: the hub replica (``Replica.id``) that works on this instance; it holds while that
     # replica's heartbeat is recent, and another replica takes the work over once it is not.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # jobs: the folder they read (by name: deleting the folder later leaves the job's record), how
+    # their process ended, and how much their artifacts (the output directory) hold
+    input_folder: Mapped[str | None] = mapped_column(String(63))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    artifacts_expire_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     owner: Mapped[User] = relationship(lazy="joined")
 

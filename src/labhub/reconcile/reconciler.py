@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
-import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,15 @@ from labhub import __version__
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
 from labhub.backends.local_isolation import group_name
 from labhub.catalog import Catalog
-from labhub.models import ACTIVE, Instance, Replica, Status, User
+from labhub.models import ACTIVE, TERMINAL, Instance, Kind, Replica, Status
 from labhub.proxy.routes import Route, RouteTable
+from labhub.reconcile import housekeeping, jobs
 from labhub.reconcile.probe import http_status, listening
-from labhub.services import accounts, changes, users
-from labhub.services.errors import Conflict, Invalid, NotFound, ServiceError
+from labhub.services import accounts, changes
+from labhub.services.errors import Conflict, Invalid, NotFound
+from labhub.services.folders import Folders
 from labhub.services.instances import build_spec, request_stop
+from labhub.services.jobs import JobFiles
 from labhub.services.lifecycle import FINAL_FOR_STOP_REASON, can_transition, note, transition
 from labhub.settings import Settings
 
@@ -79,6 +82,10 @@ class Launch:
     instance_token: Callable[[str], str]
     home_for: Callable[[str], Path]
     base_path: Callable[[str, str], str]
+    jobs: JobFiles
+    folders: Folders
+    #: the built runtime of this name (built first if needed: minutes, with progress lines)
+    runtime: Callable[[str, Callable[[str], None]], Awaitable[Path]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,12 +307,14 @@ class Reconciler:
         await self._cull_idle(now, running)
         await self.flush_activity()
         if self._ticks % ORPHAN_SCAN_EVERY == 1:
-            await self._clean_orphans()
+            await housekeeping.clean_orphans(self.parts, self._tasks)
             async with self._tx() as session:  # replicas gone for a day are forgotten
                 await session.execute(delete(Replica).where(Replica.heartbeat_at < now - REPLICA_FORGOTTEN))
         if self._deletions_due or self._ticks % DELETION_SCAN_EVERY == 1:
             self._deletions_due = False
-            await self._finish_deletions()
+            await housekeeping.finish_deletions(self.parts, self._tx)
+        if self._ticks % ORPHAN_SCAN_EVERY == 1:
+            await housekeeping.expire_artifacts(self.parts, self._tx, now)
 
     # -- starting ------------------------------------------------------------------
     async def _start(self, instance_id: str) -> None:
@@ -319,13 +328,17 @@ class Reconciler:
             backend = parts.backends.get(inst.backend)
             template = parts.catalog().get(inst.template)
             spec = None
+            kind = inst.kind
             if template is not None and backend is not None:
                 prefix = parts.settings.account_prefix
                 account = await accounts.assign(session, user=inst.owner, prefix=prefix,
                                                 reserved=frozenset({group_name(prefix)}))
+                job = jobs.places(inst, launch.jobs, launch.folders) if kind == Kind.JOB else None
                 spec = build_spec(inst, template, owner=owner, token=launch.instance_token(inst.id),
-                                  home=launch.home_for(owner), base_url=launch.base_path(owner, inst.name),
-                                  backend=backend, account=account)
+                                  home=job.home if job else launch.home_for(owner),
+                                  base_url=launch.base_path(owner, inst.name), backend=backend, account=account,
+                                  extra_env=job.env if job else None, dirs=job.dirs if job else (),
+                                  readable=job.readable if job else ())
             ready_path = template.ready_path if template else None
             timeout = (template.start_timeout if template and template.start_timeout else None) \
                 or parts.settings.start_timeout
@@ -334,6 +347,11 @@ class Reconciler:
             what = f"backend {inst.backend!r} is not enabled" if backend is None else f"template {inst.template!r} no longer exists"
             await self._apply(instance_id, Status.FAILED, "config", f"cannot start: {what}")
             return
+        if handle is None and template is not None and template.runtime:
+            runtime = await self._runtime(instance_id, template.runtime)
+            if runtime is None:
+                return
+            spec = dataclasses.replace(spec, runtime=str(runtime))
         if handle is None:
             if refused := backend.unsupported(spec):
                 await self._apply(instance_id, Status.FAILED, "unsupported", "; ".join(f"{k}: {v}" for k, v in refused.items()))
@@ -365,10 +383,46 @@ class Reconciler:
             if status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
                 return  # a stop (or something else) came first: the next pass deals with it
         assert deadline is not None
-        await self._watch_start(instance_id, backend, handle, spec.base_url, spec.token, ready_path, deadline, timeout)
+        await self._watch_start(instance_id, backend, handle, spec.base_url, spec.token, ready_path, deadline, timeout,
+                                job=kind == Kind.JOB)
+
+    async def _runtime(self, instance_id: str, name: str) -> Path | None:
+        """The runtime's directory, built first if this is its first use (the events say so);
+        None when it cannot be built (the instance has failed, saying why)."""
+        started = time.monotonic()
+        lines: list[str] = []
+        announced = False
+
+        def progress(line: str) -> None:
+            lines.append(line)
+            del lines[:-LOG_TAIL_IN_EVENTS]
+
+        try:
+            build = asyncio.ensure_future(self.parts.launch.runtime(name, progress))
+            done, _ = await asyncio.wait({build}, timeout=0.5)
+            if not done:  # not built yet: say so, it takes minutes
+                announced = True
+                await self._note(instance_id, "runtime_build", f"building the {name!r} runtime (its first use; "
+                                 "this takes a few minutes)")
+            path = await build
+        except Exception as exc:  # noqa: BLE001 - any build failure fails this launch, saying why
+            log.warning("instance %s: runtime %s: %s", instance_id, name, exc)
+            detail = ("\n--- last build lines ---\n" + "\n".join(lines)) if lines else ""
+            await self._apply(instance_id, Status.FAILED, "runtime", f"runtime {name!r} unavailable: {exc}{detail}")
+            return None
+        if announced:
+            await self._note(instance_id, "runtime_built", f"runtime {name!r} built in {time.monotonic() - started:.0f} s")
+        return path
+
+    async def _note(self, instance_id: str, reason: str, message: str) -> None:
+        async with self._tx() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is not None:
+                note(session, inst, reason=reason, message=message)
 
     async def _watch_start(self, instance_id: str, backend: Backend, handle: Handle, base_url: str,
-                           token: str, ready_path: str | None, deadline: dt.datetime, timeout: float) -> None:
+                           token: str, ready_path: str | None, deadline: dt.datetime, timeout: float,
+                           *, job: bool = False) -> None:
         delay = 0.02
         started = time.monotonic()
         last_db_check = started
@@ -376,6 +430,9 @@ class Reconciler:
         while True:
             obs = await backend.observe(instance_id, handle)
             parts = self.parts
+            if job and obs.phase in (Phase.FAILED, Phase.SUCCEEDED):  # it ran, and is done already
+                await self._job_ended(instance_id, backend, handle, obs)
+                return
             if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
                 message = obs.message or f"exited ({obs.phase})"
                 tail = await self._log_tail(backend, handle)
@@ -452,8 +509,9 @@ class Reconciler:
                 if inst is None or inst.status not in (Status.STARTING, Status.QUEUED, Status.UNKNOWN):
                     return
                 inst.upstream = url
-                transition(session, inst, Status.RUNNING, reason="ready", message=f"ready after {took:.1f} s",
-                           now=self.parts.clock())
+                message = (f"running (started in {took:.1f} s)" if inst.kind == Kind.JOB
+                           else f"ready after {took:.1f} s")
+                transition(session, inst, Status.RUNNING, reason="ready", message=message, now=self.parts.clock())
                 route = self.parts.route_for(inst)
         except StaleDataError:
             self._recheck.add(instance_id)
@@ -505,7 +563,9 @@ class Reconciler:
             observations = {iid: Observation(Phase.UNKNOWN, message=str(exc)) for iid in handles}
         for iid, obs in observations.items():
             inst = group[iid]
-            if obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
+            if inst.kind == Kind.JOB and obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
+                await self._job_ended(iid, backend, handles[iid], obs)
+            elif obs.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.GONE):
                 parts.routes.remove_instance(iid)
                 tail = await self._log_tail(backend, handles[iid])
                 await self._release(backend, iid, handles[iid])
@@ -606,60 +666,27 @@ class Reconciler:
                     .values(last_activity_at=at).execution_options(synchronize_session=False))
         self._flushed_activity.update(changed)
 
-    async def _clean_orphans(self) -> None:
-        """Terminate backend jobs of this hub that no active instance accounts for.
-
-        The jobs are listed first and the database read after: a job exists only once its
-        instance's row was committed, so a launch in flight on any replica is never taken
-        for an orphan."""
-        for backend in self.parts.backends.values():
-            try:
-                owned = await backend.list_owned()
-            except BackendError as exc:
-                log.warning("%s backend: cannot list instances: %s", backend.name, exc)
-                continue
-            ids = sorted({str(h.get("instance_id")) for h in owned if h.get("instance_id")})
-            if not ids:
-                continue
-            async with self.parts.sessions() as session:
-                known = set((await session.execute(select(Instance.id).where(
-                    Instance.id.in_(ids), Instance.status.in_(ACTIVE_VALUES)))).scalars())
-            for handle in owned:
-                iid = handle.get("instance_id")
-                if iid and iid not in known and iid not in self._tasks:
-                    log.warning("%s backend: terminating orphan %s", backend.name, iid)
-                    await backend.terminate(handle, grace=self.parts.settings.stop_grace)
-
-    # -- account deletions --------------------------------------------------------------
-    async def _finish_deletions(self) -> None:
-        """Delete the accounts waiting for it whose instances have all ended (any replica may;
-        the deletion is one transaction, so two replicas cannot both do it)."""
-        async with self.parts.sessions() as session:
-            waiting = list((await session.execute(
-                select(User.name, User.deleting_by).where(User.deleting_by.is_not(None)))).all())
-        for name, by in waiting:
-            try:
-                async with self._tx() as session:
-                    actor = await users.get_user(session, name=by)
-                    if actor is None or not actor.is_admin:
-                        log.warning("deleting %s: %s is no longer an admin; the account stays disabled", name, by)
-                        user = await users.get_user(session, name=name)
-                        if user is not None:
-                            user.deleting_by = None
-                        continue
-                    result = await users.delete_user(session, actor=actor, name=name)
-            except ServiceError as exc:  # deleted meanwhile, or no longer deletable
-                log.info("deleting %s: %s", name, exc)
-                continue
-            if result.deleted:
-                home = self.parts.launch.home_for(name)
-                if home.exists():
-                    await asyncio.to_thread(shutil.rmtree, home, ignore_errors=True)
-                log.info("deleted account %s (asked by %s)", name, by)
-
     # -- helpers ------------------------------------------------------------------------------
+    async def _job_ended(self, instance_id: str, backend: Backend, handle: Handle, obs: Observation) -> None:
+        try:
+            lines = [line async for line in backend.logs(handle, tail=LOG_TAIL_IN_EVENTS)]
+        except (BackendError, OSError):
+            lines = []
+        await self._release(backend, instance_id, handle)
+        end = jobs.outcome(obs, lines)
+        await self._apply(instance_id, end.status, end.reason, end.message, values={"exit_code": obs.exit_code})
+
+    async def _settle_job(self, instance_id: str) -> None:
+        """An ended job's artifacts: measured (they count against its owner's storage) and given
+        their expiry."""
+        size = await self.parts.launch.jobs.measure(instance_id)
+        keep = dt.timedelta(days=self.parts.settings.storage.artifact_days)
+        async with self._tx() as session:
+            await session.execute(update(Instance).where(Instance.id == instance_id).values(
+                output_bytes=size, artifacts_expire_at=self.parts.clock() + keep))
+
     async def _apply(self, instance_id: str, to: Status, reason: str, message: str, *,
-                     only_from: Status | None = None) -> str | None:
+                     only_from: Status | None = None, values: Mapping[str, Any] | None = None) -> str | None:
         """Move the instance to ``to`` if it may go there (from ``only_from``, if given); returns
         the status it has afterwards (None: it no longer exists).
 
@@ -678,6 +705,9 @@ class Reconciler:
                     log.info("instance %s: not moving %s -> %s (%s)", instance_id, current, to, reason)
                     return current
                 transition(session, inst, to, reason=reason, message=message, now=self.parts.clock())
+                for key, value in (values or {}).items():
+                    setattr(inst, key, value)
+                kind = inst.kind
         except StaleDataError:
             log.info("instance %s: changed while moving it to %s (%s); the other change stands", instance_id,
                      to, reason)
@@ -685,6 +715,8 @@ class Reconciler:
             return await self._status(instance_id)
         if to not in (Status.RUNNING, Status.UNKNOWN):
             self.parts.routes.remove_instance(instance_id)
+        if to in TERMINAL and kind == Kind.JOB:
+            await self._settle_job(instance_id)
         return to
 
     async def _release(self, backend: Backend, instance_id: str, handle: Handle) -> None:

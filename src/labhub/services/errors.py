@@ -36,3 +36,9 @@ class Unavailable(ServiceError):
     """Something the hub depends on (a backend) cannot be reached now; worth retrying later."""
 
     status = 503
+
+
+class TooLarge(ServiceError):
+    """An upload (or what it would bring a user's storage to) is over a limit."""
+
+    status = 413

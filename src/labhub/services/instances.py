@@ -17,7 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from labhub.backends.base import Backend, Capability, LaunchSpec, Resources
 from labhub.catalog import Catalog, Template
 from labhub.catalog.schema import NAME_RE
-from labhub.models import ACTIVE, Event, Instance, Status, User, utcnow
+from labhub.models import ACTIVE, Event, Folder, Instance, Status, User, utcnow
 from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
 from labhub.services.lifecycle import can_transition, record_event, transition
 from labhub.settings import Size
@@ -43,17 +43,20 @@ def resolve_backend(template: Template, requested: str | None, enabled: Mapping[
 
 def build_spec(
     instance: Instance, template: Template, *, owner: str, token: str, home: Path | None, base_url: str,
-    backend: Backend, account: str | None = None,
+    backend: Backend, account: str | None = None, extra_env: Mapping[str, str] | None = None,
+    runtime: Path | None = None, dirs: tuple[str, ...] = (), readable: tuple[Path, ...] = (),
 ) -> LaunchSpec:
     """The backend's view of an instance (pure).
 
     ``base_url`` is the path the instance is served under on its origin;
     ``backend`` decides how it is told where to listen (a Unix socket where the
-    backend offers one and the template can use it).
+    backend offers one and the template can use it).  ``extra_env`` (a job's
+    input and output places) wins over the template's ``env``.
     """
     unix = Capability.UNIX_SOCKET in backend.capabilities
     command, env = template.render(instance.params or {}, unix_socket=unix)
-    env = {**env, "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token, "JUPYTER_TOKEN": token}
+    env = {**env, **(extra_env or {}), "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token,
+           "JUPYTER_TOKEN": token}
     return LaunchSpec(
         instance_id=instance.id,
         owner=owner,
@@ -68,6 +71,9 @@ def build_spec(
         home=str(home) if home is not None else None,
         account=account,
         options={"slurm": template.slurm.model_dump(exclude_none=True)} if template.slurm else {},
+        runtime=str(runtime) if runtime is not None else None,
+        dirs=dirs,
+        readable=tuple(str(p) for p in readable),
     )
 
 
@@ -85,6 +91,7 @@ async def launch(
     params: dict[str, Any] | None = None,
     backend: str | None = None,
     groups: set[str] | None = None,
+    input: str | None = None,  # noqa: A002 - the API's field name
     now: dt.datetime | None = None,
 ) -> Instance:
     """Validate a launch request and record it as ``requested``.
@@ -110,6 +117,14 @@ async def launch(
     backend_name, reason = resolve_backend(tpl, backend, backends)
     if reason:
         errors["backend"] = reason
+    if input is not None and tpl.input == "none":
+        errors["input"] = "this template reads no input folder"
+    elif input is None and tpl.input == "required":
+        errors["input"] = "name the folder this job reads (upload one first)"
+    elif input is not None:
+        found = await session.execute(select(Folder.id).where(Folder.owner_id == user.id, Folder.name == input))
+        if found.first() is None:
+            errors["input"] = f"you have no folder named {input!r}"
     if errors:
         raise Invalid("invalid launch request", fields=errors)
 
@@ -129,6 +144,7 @@ async def launch(
         gpus=preset.gpus,
         hours=hours,
         params=values,
+        input_folder=input,
         backend=backend_name,
         status=Status.REQUESTED,
         created_at=now,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.api.deps import HubDep, SessionDep
 from labhub.hub import Hub
-from labhub.models import Event, Instance, Status, User
+from labhub.models import Event, Instance, Kind, Status, User
 from labhub.services import instances as svc
 from labhub.services import origins, users, views
 from labhub.services.errors import Forbidden
@@ -55,9 +56,27 @@ async def progress(instance_id: str, request: Request, user: PageUser, session: 
 @router.get("/instances/{instance_id}")
 async def details(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
     inst, events = await _with_events(session, user, instance_id)
+    job = await _job_facts(session, hub, user, inst) if inst.kind == Kind.JOB else None
     return render(request, "instance.html", section="admin" if inst.owner_id != user.id else "home", inst=inst,
                   events=events, after=events[-1].id if events else 0, tpl=hub.catalog.get(inst.template),
-                  explanation=views.explain_end(inst, events=events), address=hub.instance_url(inst))
+                  explanation=views.explain_end(inst, events=events), address=hub.instance_url(inst), job=job,
+                  keep_days=hub.jobs.settings.artifact_days)
+
+
+ARTIFACTS_SHOWN = 500  # a job's page lists this many artifacts at most (the tar.gz has all)
+
+
+async def _job_facts(session: AsyncSession, hub: Hub, user: User, inst: Instance) -> dict[str, Any]:
+    """What a job's page shows besides its status: its artifacts, and whether its input folder is still there."""
+    entries, truncated = await hub.jobs.artifacts(inst.id, limit=ARTIFACTS_SHOWN)
+    folder_exists = False
+    if inst.input_folder and inst.owner_id == user.id:  # folders are their owner's alone, admins included
+        folder_exists = any(f.name == inst.input_folder for f in await hub.folders.list(session, owner_id=user.id))
+    shown = sum(e.size for e in entries)
+    return {"artifacts": [{"path": e.path, "size": e.size, "written": dt.datetime.fromtimestamp(e.mtime, dt.UTC)}
+                          for e in entries],
+            "truncated": truncated, "bytes": inst.output_bytes if truncated and inst.output_bytes else shown,
+            "folder_exists": folder_exists}
 
 
 @router.post("/instances/{instance_id}/stop")
@@ -70,10 +89,12 @@ async def stop(instance_id: str, request: Request, user: PageUser, session: Sess
 
 
 @router.post("/instances/{instance_id}/delete")
-async def delete(instance_id: str, request: Request, user: PageUser, session: SessionDep,
+async def delete(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
                  csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
     check_csrf(request, csrf_token)
     await views.delete_instance(session, user=user, instance_id=instance_id)
+    await session.commit()
+    await hub.jobs.remove(instance_id)  # a job's artifacts go with it
     target = safe_next(next)
     if target.startswith(f"/instances/{instance_id}"):
         target = "/"

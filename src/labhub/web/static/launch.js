@@ -7,6 +7,7 @@
   var NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
   var nameInput = document.getElementById("name");
   var hoursInput = document.getElementById("hours");
+  var inputSelect = document.getElementById("input");  // a job's input folder
 
   function show(input, message) {
     var err = document.getElementById(input.id + "-error");
@@ -53,17 +54,25 @@
     return show(input, message);
   }
 
+  function checkInput() {
+    if (!inputSelect) { return true; }
+    return show(inputSelect, inputSelect.required && !inputSelect.value ? "Choose the folder this job reads." : "");
+  }
+
   var params = Array.prototype.slice.call(form.querySelectorAll('[name^="param."]'))
     .filter(function (el) { return el.type !== "checkbox"; });
   nameInput.addEventListener("input", checkName);
   hoursInput.addEventListener("input", checkHours);
   params.forEach(function (el) { el.addEventListener("input", function () { checkParam(el); }); });
+  if (inputSelect) { inputSelect.addEventListener("change", checkInput); }
   var preview = document.getElementById("name-preview");
   if (preview) { preview.textContent = nameInput.value || "…"; }
   if (!hoursInput.hasAttribute("aria-invalid")) { checkHours(); }
 
   form.addEventListener("submit", function (e) {
-    var fields = [[nameInput, checkName()], [hoursInput, checkHours()]];
+    var fields = [[nameInput, checkName()]];
+    if (inputSelect) { fields.push([inputSelect, checkInput()]); }
+    fields.push([hoursInput, checkHours()]);
     params.forEach(function (el) { fields.push([el, checkParam(el)]); });
     var firstBad = fields.filter(function (f) { return !f[1]; })[0];
     if (firstBad) {

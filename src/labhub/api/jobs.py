@@ -1,0 +1,148 @@
+"""Jobs' results under /api/v1/instances/{id}: artifacts, metrics and the log as it grows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import posixpath
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from labhub.api.deps import HubDep, InstancesUser, SessionDep
+from labhub.api.files import file_answer, targz_answer
+from labhub.api.schemas import MAX_INT32, SIGNED_IN, Text, errors
+from labhub.backends.base import BackendError
+from labhub.files import tree
+from labhub.hub import Hub
+from labhub.models import TERMINAL, Instance, Kind
+from labhub.services import instances as svc
+from labhub.services import views
+from labhub.services.errors import Invalid, NotFound
+from labhub.services.jobs import MAX_METRIC_POINTS
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/instances", tags=["jobs"], responses=SIGNED_IN)
+ONE = errors(404)
+FOLLOW_POLL_S = 0.5
+FOLLOW_START_BYTES = 64 * 1024  # a followed log starts this far before its end
+
+
+class ArtifactOut(BaseModel):
+    path: str
+    size: int
+    modified_at: dt.datetime
+
+
+class ArtifactsOut(BaseModel):
+    items: list[ArtifactOut]
+    bytes: int
+    truncated: bool
+    expires_at: dt.datetime | None
+
+
+async def _job(session: Any, user: Any, instance_id: str) -> Instance:
+    inst = await svc.get_instance(session, user=user, instance_id=instance_id)
+    if inst.kind != Kind.JOB:
+        raise NotFound("only jobs have artifacts and metrics")
+    return inst
+
+
+@router.get("/{instance_id}/artifacts", response_model=ArtifactsOut, summary="A job's artifacts", responses=ONE)
+async def artifacts(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> ArtifactsOut:
+    inst = await _job(session, user, instance_id)
+    entries, truncated = await hub.jobs.artifacts(inst.id)
+    return ArtifactsOut(items=[ArtifactOut(path=e.path, size=e.size, modified_at=dt.datetime.fromtimestamp(e.mtime, dt.UTC))
+                               for e in entries], bytes=sum(e.size for e in entries), truncated=truncated,
+                        expires_at=inst.artifacts_expire_at)
+
+
+@router.get("/{instance_id}/artifacts.tar.gz", summary="All of a job's artifacts as one tar.gz",
+            response_class=Response, responses={**ONE, 200: {"content": {"application/gzip": {}}}})
+async def bundle(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> Response:
+    inst = await _job(session, user, instance_id)
+    if not (await hub.jobs.artifacts(inst.id, limit=1))[0]:
+        raise NotFound("this job has no artifacts")
+    return targz_answer(lambda out: hub.jobs.bundle(inst.id, out, prefix=f"{inst.name}/"), f"{inst.name}.tar.gz")
+
+
+@router.get("/{instance_id}/artifacts/{path:path}", summary="Download one artifact", response_class=Response,
+            responses={**ONE, 200: {"content": {"application/octet-stream": {}}}})
+async def artifact(instance_id: Text, path: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> Response:
+    inst = await _job(session, user, instance_id)
+    try:
+        fh = await hub.jobs.open_artifact(inst.id, path)
+    except tree.TreeError as exc:
+        raise NotFound(f"no artifact {path!r}: {exc}") from exc
+    return file_answer(fh, posixpath.basename(path))
+
+
+@router.get("/{instance_id}/metrics", summary="The metrics a job reported (one object per line it wrote)",
+            description="What the job appended to `$LABHUB_METRICS` as JSON lines (numbers and short strings), "
+                        "oldest first; e.g. `{\"epoch\": 1, \"loss\": 0.41, \"accuracy\": 0.83}`.",
+            responses=ONE)
+async def metrics(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep,
+                  limit: Annotated[int, Query(ge=1, le=MAX_METRIC_POINTS, description="the last this many")]
+                  = MAX_METRIC_POINTS) -> list[dict[str, Any]]:
+    inst = await _job(session, user, instance_id)
+    return (await hub.jobs.metrics(inst.id))[-limit:]
+
+
+@router.get("/{instance_id}/log", summary="The instance's output, followed as it grows",
+            description="Plain text: the last 64 KiB of the output, then what it writes, until the instance has "
+                        "ended (with `follow=false`: what there is now).",
+            response_class=Response, responses={**ONE, **errors(503), 200: {"content": {"text/plain": {}}}})
+async def follow_log(instance_id: Text, request: Request, user: InstancesUser, session: SessionDep, hub: HubDep,
+                     follow: bool = True,
+                     start: Annotated[int, Query(ge=-MAX_INT32, le=MAX_INT32,
+                                                 description="a byte offset (negative: from the end)")]
+                     = -FOLLOW_START_BYTES) -> Response:
+    inst = await svc.get_instance(session, user=user, instance_id=instance_id)
+    backend = hub.backends.get(inst.backend)
+    if backend is None:
+        raise Invalid("the instance's backend is not enabled")
+    return StreamingResponse(_follow(hub, inst.id, start, follow, request), media_type="text/plain; charset=utf-8",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                      "X-Content-Type-Options": "nosniff"})
+
+
+async def _follow(hub: Hub, instance_id: str, offset: int, follow: bool, request: Request) -> AsyncIterator[bytes]:
+    """The log from ``offset``; while following, new bytes as they come, until the instance ended
+    and its last bytes were sent.  Its status is read from the database (any replica's change)."""
+    async with hub.bus.subscribe(instance_id=instance_id) as signal:
+        while True:
+            async with hub.sessions() as session:
+                row = (await session.execute(select(Instance.status, Instance.handle, Instance.backend)
+                                             .where(Instance.id == instance_id))).first()
+            if row is None:
+                return
+            ended = row.status in TERMINAL
+            backend = hub.backends.get(row.backend)
+            data = b""
+            if row.handle and backend is not None:
+                try:
+                    data, offset = await backend.read_log(row.handle, offset)
+                except BackendError as exc:
+                    yield f"[labhub: cannot read the log now: {exc}]\n".encode()
+                    return
+            if data:
+                yield data
+                continue  # more may be waiting
+            if ended or not follow:
+                return
+            await signal.wait(timeout=FOLLOW_POLL_S)  # a change of status, or a while: look again
+            if await request.is_disconnected():
+                return
+
+
+@router.delete("/{instance_id}/record", status_code=204, summary="Delete an ended instance: its record, events "
+               "and (jobs) artifacts", responses={**ONE, **errors(409)})
+async def delete_record(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> Response:
+    await views.delete_instance(session, user=user, instance_id=instance_id)
+    await session.commit()
+    await hub.jobs.remove(instance_id)
+    return Response(status_code=204)
