@@ -156,3 +156,26 @@ async def test_folders_are_the_hubs_files(hub):
         st = path.stat()
         assert st.st_uid == Path(hub.hub.settings.data_dir).stat().st_uid
         assert st.st_mode & 0o007 == 0, oct(st.st_mode)
+
+
+async def test_curl_data_binary_uploads_an_archive(hub, tmp_path):
+    """`curl --data-binary @x.tar.gz` labels the body a form: its bytes (NULs included) are still the file."""
+    import asyncio
+    import subprocess
+
+    alice = await hub.user("alice")
+    archive = tmp_path / "x.tar.gz"
+    archive.write_bytes(targz({"a.bin": b"\0\1\2" * 100}))
+    done = await asyncio.to_thread(subprocess.run, [
+        "curl", "-sS", "-H", f"Authorization: Bearer {alice.token}", "--data-binary", f"@{archive}",
+        f"{hub.url}/api/v1/folders/bin/upload"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and '"files":1' in done.stdout.replace(" ", ""), done.stdout + done.stderr
+    assert (await alice.http.get("/api/v1/folders/bin/files/a.bin")).content == b"\0\1\2" * 100
+
+
+async def test_the_mlaas4hep_routes_can_be_switched_off(start_hub, sqlite_url):
+    hub = await start_hub(sqlite_url, mlaas4hep_routes=False)
+    alice = await hub.user("alice")
+    assert (await alice.http.post("/upload", params={"name": "x"}, content=b"1")).status_code == 404
+    assert (await alice.http.get("/status_docker", params={"process_name": "x_1"})).status_code == 404
+    assert (await alice.http.post("/api/v1/folders/x/upload", params={"filename": "f"}, content=b"1")).status_code == 201

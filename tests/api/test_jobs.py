@@ -243,3 +243,73 @@ async def test_a_job_whose_runtime_cannot_be_had_fails_saying_so(start_hub, sqli
     done = await hub.wait_status(alice, job["id"], {"failed"})
     assert done["reason"] == "runtime"
     assert done["message"].startswith("runtime 'ghost' unavailable: no runtime named 'ghost' (known: train")
+
+
+async def test_artifacts_count_against_storage_and_expire_after_the_retention(start_hub, sqlite_url, tmp_path):
+    import datetime as dt
+
+    from labhub.models import utcnow
+    from labhub.settings import StorageSettings
+
+    class Clock:
+        offset = dt.timedelta()
+
+        def __call__(self) -> dt.datetime:
+            return utcnow() + self.offset
+
+    clock = Clock()
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "script.yaml").write_text(SCRIPT_TEMPLATE)
+    hub = await start_hub(sqlite_url, templates_dir=templates, clock=clock,
+                          storage=StorageSettings(max_user_bytes=12_000, artifact_days=2))
+    alice = await hub.user("alice")
+    await make_folder(alice, "inputs", {"main.py": TRAIN, "data.txt": "x" * 100})
+    job = await submit(alice, "train-1", folder="inputs")
+    done = await hub.wait_status(alice, job["id"], {"succeeded"})
+    assert done["artifacts_bytes"] == 7100
+    # 7,100 bytes of artifacts + the folder's ~1,000: another 5,000 would pass alice's 12,000
+    over = await alice.http.post("/api/v1/folders/more/upload", params={"filename": "x"}, content=b"1" * 5000)
+    assert over.status_code == 413
+
+    clock.offset = dt.timedelta(days=3)  # past the retention: the next housekeeping pass deletes them
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while (await alice.http.get(f"/api/v1/instances/{job['id']}")).json()["artifacts_bytes"] is not None:
+        assert loop.time() < deadline, "the artifacts did not expire"
+        await asyncio.sleep(0.2)
+    assert (await alice.http.get(f"/api/v1/instances/{job['id']}/artifacts")).json()["items"] == []
+    assert not hub.hub.jobs.home(job["id"]).exists()
+    again = await alice.http.post("/api/v1/folders/more/upload", params={"filename": "x"}, content=b"1" * 5000)
+    assert again.status_code == 201
+
+
+async def test_the_log_as_server_sent_events_resumes_at_its_offset(hub):
+    alice = await hub.user("alice")
+    await make_folder(alice, "inputs", {"main.py": TRAIN.replace('print("done"', 'print("d\\u00f6ne"'),
+                                        "data.txt": "x"})
+    job = await submit(alice, "train-1", folder="inputs")
+    await hub.wait_status(alice, job["id"], {"succeeded"})
+
+    async def read(headers: dict[str, str]) -> list[tuple[str, str, str]]:
+        events, current = [], {"id": "", "event": "", "data": []}
+        async with alice.http.stream("GET", f"/api/v1/instances/{job['id']}/log",
+                                     headers={"Accept": "text/event-stream", **headers}) as resp:
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            async for line in resp.aiter_lines():
+                if not line:
+                    events.append((current["id"], current["event"], "\n".join(current["data"])))
+                    current = {"id": "", "event": "", "data": []}
+                elif ":" in line:
+                    key, _, value = line.partition(": ")
+                    current[key].append(value) if key == "data" else current.__setitem__(key, value)
+        return events
+
+    events = await read({})
+    assert events[-1][1] == "end"
+    text = "".join(data for _, kind, data in events if kind == "log")
+    assert "epoch 3" in text and "d\u00f6ne" in text
+    first_id = int(events[0][0])
+    again = await read({"Last-Event-ID": str(first_id - 10)})  # resume 10 bytes before the first event's end
+    resumed = "".join(data for _, kind, data in again if kind == "log")
+    assert resumed == text.encode()[first_id - 10:].decode()

@@ -114,6 +114,9 @@ class RefuseNul:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if UPLOAD_PATHS.match(scope["path"]):  # file bodies: any byte is data (`curl --data-binary` says "form")
+            await self.app(scope, receive, send)
+            return
         query = scope.get("query_string", b"")
         if (b"\x00" in query or b"%00" in query.lower()) and not scope["path"].startswith("/api/"):
             # (the API's parameters say so field by field themselves)

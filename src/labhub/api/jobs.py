@@ -93,9 +93,12 @@ async def metrics(instance_id: Text, user: InstancesUser, session: SessionDep, h
 
 
 @router.get("/{instance_id}/log", summary="The instance's output, followed as it grows",
-            description="Plain text: the last 64 KiB of the output, then what it writes, until the instance has "
-                        "ended (with `follow=false`: what there is now).",
-            response_class=Response, responses={**ONE, **errors(503), 200: {"content": {"text/plain": {}}}})
+            description="Plain text: the last 64 KiB of the output (or from byte `start`), then what it writes, "
+                        "until the instance has ended (`follow=false`: what there is now). With `Accept: "
+                        "text/event-stream`, Server-Sent Events: `event: log` whose `id` is the byte offset after "
+                        "its text (a reconnect with `Last-Event-ID` resumes there), then `event: end`.",
+            response_class=Response, responses={**ONE, **errors(503), 200: {"content": {
+                "text/plain": {}, "text/event-stream": {"schema": {"type": "string"}}}}})
 async def follow_log(instance_id: Text, request: Request, user: InstancesUser, session: SessionDep, hub: HubDep,
                      follow: bool = True,
                      start: Annotated[int, Query(ge=-MAX_INT32, le=MAX_INT32,
@@ -105,12 +108,33 @@ async def follow_log(instance_id: Text, request: Request, user: InstancesUser, s
     backend = hub.backends.get(inst.backend)
     if backend is None:
         raise Invalid("the instance's backend is not enabled")
-    return StreamingResponse(_follow(hub, inst.id, start, follow, request), media_type="text/plain; charset=utf-8",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                      "X-Content-Type-Options": "nosniff"})
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
+    if "text/event-stream" in request.headers.get("accept", ""):
+        resume = request.headers.get("last-event-id", "")
+        offset = int(resume) if resume.isdigit() and int(resume) <= MAX_INT32 else start
+        return StreamingResponse(_as_events(_follow(hub, inst.id, offset, follow, request, offsets=True)),
+                                 media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_chunks(_follow(hub, inst.id, start, follow, request)),
+                             media_type="text/plain; charset=utf-8", headers=headers)
 
 
-async def _follow(hub: Hub, instance_id: str, offset: int, follow: bool, request: Request) -> AsyncIterator[bytes]:
+async def _chunks(pieces: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[bytes]:
+    async for data, _ in pieces:
+        yield data
+
+
+async def _as_events(pieces: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[bytes]:
+    """The log as Server-Sent Events: ``event: log`` with the text as ``data:`` lines and the byte
+    offset after it as the ``id`` (a reconnecting EventSource resumes exactly there), then ``event: end``."""
+    async for data, offset in pieces:
+        text = data.decode("utf-8", "replace")
+        lines = "".join(f"data: {line}\n" for line in text.split("\n"))
+        yield f"id: {offset}\nevent: log\n{lines}\n".encode()
+    yield b"event: end\ndata: {}\n\n"
+
+
+async def _follow(hub: Hub, instance_id: str, offset: int, follow: bool, request: Request, *,
+                  offsets: bool = False) -> AsyncIterator[tuple[bytes, int]]:
     """The log from ``offset``; while following, new bytes as they come, until the instance ended
     and its last bytes were sent.  Its status is read from the database (any replica's change)."""
     async with hub.bus.subscribe(instance_id=instance_id) as signal:
@@ -127,16 +151,29 @@ async def _follow(hub: Hub, instance_id: str, offset: int, follow: bool, request
                 try:
                     data, offset = await backend.read_log(row.handle, offset)
                 except BackendError as exc:
-                    yield f"[labhub: cannot read the log now: {exc}]\n".encode()
+                    yield f"[labhub: cannot read the log now: {exc}]\n".encode(), offset
                     return
+            if data and offsets:  # whole UTF-8 characters per event: a cut one waits for the next read
+                cut = _utf8_tail(data)
+                data, offset = data[:len(data) - cut], offset - cut
             if data:
-                yield data
+                yield data, offset
                 continue  # more may be waiting
             if ended or not follow:
                 return
             await signal.wait(timeout=FOLLOW_POLL_S)  # a change of status, or a while: look again
             if await request.is_disconnected():
                 return
+
+
+def _utf8_tail(data: bytes) -> int:
+    """How many bytes at the end of ``data`` begin a UTF-8 character that is not complete."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): is its sequence complete?
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            return back if need > back else 0
+    return 0
 
 
 @router.delete("/{instance_id}/record", status_code=204, summary="Delete an ended instance: its record, events "

@@ -16,7 +16,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from labhub.services.errors import Invalid, TooLarge
 
-MAX_PART_HEADERS = 16 * 1024  # bytes of headers per part
+MAX_HEADER_BYTES = 1024 * 1024  # part headers, all parts together (the file parts' data is not counted)
 
 
 class _Sink:
@@ -76,7 +76,7 @@ class _Sink:
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
-        if self._header_bytes > MAX_PART_HEADERS * 64:
+        if self._header_bytes > MAX_HEADER_BYTES:
             raise Invalid("malformed multipart body", fields={"file": "too many part headers"})
 
 
