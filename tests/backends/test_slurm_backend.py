@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labhub.backends.base import BackendError, Capability, LaunchSpec, Phase, Resources
-from labhub.backends.commands import LocalRunner
+from labhub.backends.commands import CommandRunner, LocalRunner
 from labhub.backends.slurm import SlurmBackend
 from tests.backends.conftest import IS_ROOT, CallHomeReceiver, ScriptedRunner, system_python
 
@@ -33,6 +33,14 @@ def spec(iid: str = "i1", *, owner: str = "alice", gpus: int = 0, command: list[
     return LaunchSpec(instance_id=iid, owner=owner, name="ws1", kind="workspace", command=command or ["prog"],
                       env={"LABHUB_TOKEN": TOKEN}, resources=Resources(1, 512, gpus), base_url="/user/a/ws1/",
                       token=TOKEN, time_limit_s=3600, home=home, options=options or {})
+
+
+def job_spec(iid: str = "j1", *, command: list[str] | None = None, dirs: tuple[str, ...] = ("output",),
+             ) -> LaunchSpec:
+    return LaunchSpec(instance_id=iid, owner="alice", name="train-1", kind="job", command=command or ["python3"],
+                      env={"LABHUB_TOKEN": TOKEN, "LABHUB_OUTPUT": f"/srv/labhub/jobs/{iid}/output"},
+                      resources=Resources(1, 512), base_url="/user/a/train-1/", token=TOKEN, time_limit_s=3600,
+                      home=f"/srv/labhub/jobs/{iid}", dirs=dirs, readable=("/srv/labhub/folders/1/in",))
 
 
 def scripted(runner: ScriptedRunner, **kwargs) -> SlurmBackend:
@@ -92,6 +100,59 @@ async def test_refusals_come_before_submit():
     assert "slurm.sbatch" in backend.unsupported(bad)
     with pytest.raises(BackendError, match="set by LabHub"):
         await backend.submit(bad)
+
+
+async def test_a_job_runs_in_its_own_directory_and_never_calls_home():
+    runner = ScriptedRunner().on("squeue", "").on("sbatch", "78\n")
+    backend = scripted(runner, workdir="/scratch/{user}")  # the site's workdir is for workspaces
+    handle = await backend.submit(job_spec())
+    assert handle == {"instance_id": "j1", "job_id": "78", "hub_id": "labhub", "user": None, "kind": "job",
+                      "output": "/srv/labhub/slurm/j1/slurm-78.out", "workdir": "/srv/labhub/jobs/j1"}
+    (_, script), = [(a, s) for a, s in runner.calls if a[0] == "sbatch"]
+    assert "#SBATCH --chdir=/srv/labhub/jobs/j1" in script and "#SBATCH --no-requeue" in script
+    assert "callhome" not in script and "http" not in script.split("exec ", 1)[1]
+    assert [a[-1] for a in runner.called("mkdir")] == ["/srv/labhub/jobs/j1", "/srv/labhub/slurm/j1"]
+    assert "dirs" in backend.unsupported(job_spec(dirs=("../escape",)))
+    assert backend.unsupported(job_spec(command=["prog", "{port}"])) == {}  # stays as it is: no value
+
+
+async def test_a_job_is_running_without_a_url_then_ends_with_its_exit_code():
+    clock = Clock()
+    states = [row("9", "PENDING", "j", reason="Priority"), row("9", "RUNNING", "j"), row("9", "COMPLETING", "j"),
+              row("9", "FAILED", "j", reason="NonZeroExitCode")]
+
+    def squeue(argv: list[str]) -> str:
+        return "" if "--states=PENDING" in argv else states.pop(0)  # (the queue-position query: empty)
+
+    runner = (ScriptedRunner().on("squeue", squeue)
+              .on("scontrol", "JobId=9 JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0\n"))
+    backend = scripted(runner, clock=clock, accounting="no")
+    handle = {"instance_id": "j", "job_id": "9", "kind": "job"}
+    seen = []
+    for _ in range(4):
+        seen.append(await backend.observe("j", handle))
+        clock.now += 1
+    assert [o.phase for o in seen] == [Phase.PENDING, Phase.RUNNING, Phase.RUNNING, Phase.FAILED]
+    assert seen[1].url is None and seen[1].message == "job 9 running on node1"
+    assert seen[3].exit_code == 1 and seen[3].message == "exited with code 1 (Slurm job 9 FAILED)"
+    done = scripted(ScriptedRunner().on("squeue", row("10", "COMPLETED", "k"))
+                    .on("scontrol", "JobId=10 JobState=COMPLETED Reason=None ExitCode=0:0\n"), accounting="no")
+    obs = await done.observe("k", {"instance_id": "k", "job_id": "10", "kind": "job"})
+    assert obs.phase == Phase.SUCCEEDED and obs.exit_code == 0
+
+
+@pytest.mark.parametrize(("sacct", "reason", "code", "words"), [
+    ("21|OUT_OF_MEMORY|0:125|OutOfMemory|n1", "OOM", 253, "ran out of memory"),
+    ("21|TIMEOUT|0:15|TimeLimit|n1", "TIMEOUT", 143, "time limit"),
+    ("21|CANCELLED by 0|0:15|None|n1", "CANCELLED", 143, "cancelled outside LabHub"),
+    ("21|FAILED|2:0|NonZeroExitCode|n1", None, 2, "exited with code 2"),
+])
+async def test_a_finished_job_slurm_forgot_ends_as_accounting_says(sacct: str, reason: str | None, code: int,
+                                                                  words: str):
+    runner = ScriptedRunner().on("squeue", (1, "", "slurm_load_jobs error: Invalid job id specified\n"))
+    backend = scripted(runner.on("sacct", sacct + "\n"), accounting="yes")
+    obs = await backend.observe("j", {"instance_id": "j", "job_id": "21", "kind": "job"})
+    assert obs.phase == Phase.FAILED and obs.reason == reason and obs.exit_code == code and words in obs.message
 
 
 async def test_one_squeue_serves_all_observations_within_the_poll_interval():
@@ -184,27 +245,105 @@ async def test_jobs_slurm_forgot_come_from_sacct_when_accounting_exists():
 async def test_list_owned_reads_name_and_comment():
     squeue = row("1", "RUNNING", "a") + row("2", "PENDING", "b") + row("3", "RUNNING", "c", hub="other")
     squeue += "4|RUNNING|None|N/A|n|bob|debug|labhub-d|somebody else\n"
-    owned = await scripted(ScriptedRunner().on("squeue", squeue)).list_owned()
-    assert [(h["instance_id"], h["job_id"]) for h in owned] == [("a", "1"), ("b", "2")]
+    squeue += "5|RUNNING|None|N/A|node1|svc|debug|labhub-e|labhub:labhub:e:job\n"
+    backend = scripted(ScriptedRunner().on("squeue", squeue))
+    owned = await backend.list_owned()
+    assert [(h["instance_id"], h["job_id"]) for h in owned] == [("a", "1"), ("b", "2"), ("e", "5")]
+    adopted = await backend.find("e")  # a replica died before recording it: the job is adopted as a job
+    assert adopted is not None and adopted["kind"] == "job" and "kind" not in owned[0]
+    assert (await backend.observe("e", adopted)).phase == Phase.RUNNING
 
 
 async def test_logs_only_read_our_own_output_files():
-    runner = ScriptedRunner().on("tail", "one\ntwo\n")
+    """Over SSH the file is read with ``stat`` (size and type, not following links) and ``dd``."""
+    runner = ScriptedRunner().on("stat", "8 81a4\n").on("env", (0, "one\ntwo\n", "8 bytes copied, 0 s, 1 MB/s\n"))
     backend = scripted(runner)
     good = {"instance_id": "a", "job_id": "1", "output": "/srv/labhub/slurm/a/slurm-1.out"}
     assert [line async for line in backend.logs(good, tail=2)] == ["one", "two"]
     for output in ("/etc/shadow", "/srv/labhub/slurm/a/../../../etc/shadow", "relative/a/slurm-1.out"):
         assert [line async for line in backend.logs({**good, "output": output})] == []
-    assert runner.called("tail") == [["tail", "-c", "262145", "--", "/srv/labhub/slurm/a/slurm-1.out"]]
+        assert await backend.read_log({**good, "output": output}, 0) == (b"", 0)
+    assert runner.called("stat") == [["stat", "-c", "%s %f", "--", "/srv/labhub/slurm/a/slurm-1.out"]]
+    assert runner.called("env") == [["env", "LC_ALL=C", "dd", "if=/srv/labhub/slurm/a/slurm-1.out",
+                                     "iflag=nofollow,nonblock,skip_bytes,count_bytes", "skip=0", "count=8",
+                                     "bs=65536"]]
 
 
 async def test_a_log_without_newlines_comes_back_bounded():
-    """A job's 1 MiB line: the hub reads only the end of it (``tail -c``), and says it cut it."""
-    runner = ScriptedRunner().on("tail", "x" * (256 * 1024 + 1))  # what `tail -c 262145` gives at most
+    """A job's 1 MiB line: the hub reads only the end of it, and says it cut it."""
+    window = 256 * 1024 + 1
+    runner = ScriptedRunner().on("stat", f"{1 << 20} 81a4\n").on("env", (0, "x" * window, f"{window} bytes\n"))
     backend = scripted(runner)
     good = {"instance_id": "a", "job_id": "1", "output": "/srv/labhub/slurm/a/slurm-1.out"}
     lines = [line async for line in backend.logs(good, tail=50)]
     assert len(lines) == 1 and lines[0].startswith("[… cut] ") and len(lines[0]) <= 16 * 1024 + 10
+    assert runner.called("env")[0][5:7] == [f"skip={(1 << 20) - window}", f"count={window}"]
+
+
+async def test_read_log_over_ssh_offsets_and_refusals():
+    good = {"instance_id": "a", "job_id": "1", "output": "/srv/labhub/slurm/a/slurm-1.out"}
+
+    def dd(argv: list[str]) -> tuple[int, str, str]:
+        skip, count = (int(a.split("=")[1]) for a in argv[5:7])
+        data = "0123456789"[skip:skip + count]
+        return 0, data, f"{len(data)} bytes copied\n"
+
+    runner = ScriptedRunner().on("stat", "10 81a4\n").on("env", dd)
+    backend = scripted(runner)
+    assert await backend.read_log(good, 0) == (b"0123456789", 10)
+    assert await backend.read_log(good, 3, limit=4) == (b"3456", 7)
+    assert await backend.read_log(good, -4) == (b"6789", 10)
+    assert await backend.read_log(good, -40) == (b"0123456789", 10)
+    assert await backend.read_log(good, 10) == (b"", 10) and await backend.read_log(good, 99) == (b"", 10)
+    calls = len(runner.called("env"))
+    for answer in ("10 a1ff\n", "0 11b6\n", (1, "", "stat: cannot statx: No such file or directory\n"), "junk"):
+        runner.on("stat", answer)  # a link, a FIFO, nothing, nonsense: nothing read, no dd at all
+        assert await backend.read_log(good, 0) == (b"", 0)
+    assert len(runner.called("env")) == calls
+    runner.on("stat", "10 81a4\n").on("env", (0, "\ufffd", "1 bytes copied\n"))  # not UTF-8: the offset stays exact
+    assert await backend.read_log(good, 4) == ("\ufffd".encode(), 5)
+
+
+class RunsHere(CommandRunner):
+    """A runner that is not the LocalRunner but runs commands on this machine: the SSH code path, for real."""
+
+    def __init__(self) -> None:
+        self.local = LocalRunner()
+
+    async def run(self, argv, *, stdin=None, limit_s=30.0):  # noqa: ANN001, ANN201
+        return await self.local.run(argv, stdin=stdin, limit_s=limit_s)
+
+
+@pytest.mark.parametrize("where", ["here", "login node"])
+async def test_read_log_for_real_never_through_a_link_or_a_fifo(where: str, tmp_path: Path):
+    backend = SlurmBackend(runner=LocalRunner() if where == "here" else RunsHere(), hub_url="http://hub",
+                           state_dir=tmp_path, run_as="service")
+    out = tmp_path / "a" / "slurm-1.out"
+    out.parent.mkdir()
+    data = "line one\nzwei: ü ✓\nthree".encode()
+    out.write_bytes(data)
+    handle = {"instance_id": "a", "job_id": "1", "output": str(out)}
+    assert await backend.read_log(handle, 0) == (data, len(data))
+    assert await backend.read_log(handle, 9, limit=6) == (data[9:15], 15)
+    assert await backend.read_log(handle, -5) == (data[-5:], len(data))
+    assert await backend.read_log(handle, len(data) + 7) == (b"", len(data))
+    assert [line async for line in backend.logs(handle, tail=2)] == ["zwei: ü ✓", "three"]
+    out.write_bytes(b"\xff\xfeok\n")
+    chunk, offset = await backend.read_log(handle, 0)
+    assert offset == 5 and chunk.endswith(b"ok\n")  # not UTF-8: exact offsets wherever it is read
+    secret = tmp_path / "secret"
+    secret.write_text("the hub's secret\n")
+    out.unlink()
+    out.symlink_to(secret)  # the job's account owns the directory: it may plant a link
+    assert await backend.read_log(handle, 0) == (b"", 0)
+    assert [line async for line in backend.logs(handle)] == []
+    out.unlink()
+    os.mkfifo(out)  # or a FIFO, to hang the reader
+    async with asyncio.timeout(10):
+        assert await backend.read_log(handle, 0) == (b"", 0)
+        assert [line async for line in backend.logs(handle)] == []
+    out.unlink()
+    assert await backend.read_log(handle, 3) == (b"", 3)  # missing: nothing yet
 
 
 async def test_describe_isolation_says_who_runs_the_jobs():

@@ -65,6 +65,28 @@ def test_odd_states_in_words():
     assert seen["110"].phase == Phase.PENDING and "[REQUEUED]" in seen["110"].message
 
 
+def test_a_labhub_job_runs_without_calling_home():
+    """A job listens nowhere: running is RUNNING without a URL; queued, preparing and ended read as
+    they do for a workspace."""
+    actual = {}
+    for name in ("squeue_queue", "squeue_ended", "squeue_odd_states"):
+        rows = sp.parse_squeue((GOLDEN / f"{name}.txt").read_text())
+        actual[name] = {job_id: as_dict(sp.observe_row(row, url=None, calls_home=False))
+                        for job_id, row in rows.items()}
+    check_golden("squeue_as_jobs.expected.json", actual)
+    ended = sp.parse_squeue((GOLDEN / "squeue_ended.txt").read_text())
+    odd = sp.parse_squeue((GOLDEN / "squeue_odd_states.txt").read_text())
+    running = sp.observe_row(ended["2"], url=None, calls_home=False)
+    assert running.phase == Phase.RUNNING and running.url is None and running.message == "job 2 running on vm"
+    assert sp.observe_row(odd["103"], url=None, calls_home=False).phase == Phase.STARTING  # CONFIGURING
+    assert sp.observe_row(odd["104"], url=None, calls_home=False).phase == Phase.RUNNING  # COMPLETING
+    assert sp.observe_row(odd["109"], url=None, calls_home=False).phase == Phase.RUNNING  # SUSPENDED
+    for rows in (ended, odd):
+        for row in rows.values():
+            if row.state in sp.QUEUED or not row.alive:
+                assert sp.observe_row(row, url=None, calls_home=False) == sp.observe_row(row, url=None)
+
+
 def test_a_stranger_job_name_with_a_pipe_does_not_shift_fields():
     row = sp.parse_squeue((GOLDEN / "squeue_queue.txt").read_text())["5"]
     assert (row.state, row.user, row.partition, row.name) == ("PENDING", "root", "debug", "my analysis")

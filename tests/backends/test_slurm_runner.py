@@ -157,3 +157,36 @@ async def test_slurm_backend_over_ssh(ssh_server: ShellServer, slurm_cluster, ca
         for handle in await backend.list_owned():
             await backend.terminate(handle, grace=0)
         await backend.close()
+
+
+@pytest.mark.slurm
+async def test_a_job_over_ssh_runs_without_calling_home_and_its_log_is_read_there(
+        ssh_server: ShellServer, slurm_cluster, shared_dir: Path):
+    """A job needs no hub reachable from the node (the hub URL here goes nowhere); its log comes
+    back over SSH with ``stat`` and ``dd`` at exact offsets."""
+    env = {"SLURM_CONF": str(slurm_cluster.conf), "PATH": f"{os.path.dirname(system_python())}:/usr/bin:/bin"}
+    backend = SlurmBackend(runner=ssh_server.runner(env=env), hub_url="http://192.0.2.1:9", state_dir=shared_dir,
+                           hub_id="ssh-" + secrets.token_hex(3), poll_interval=0.1, kill_wait=20)
+    iid = "j" + secrets.token_hex(8)
+    home = shared_dir / "jobs" / iid
+    show = "import os; print('out', os.path.isdir('output')); print('ünïcode ✓', flush=True)"
+    spec = LaunchSpec(instance_id=iid, owner="remote", name="j", kind="job", command=[system_python(), "-c", show],
+                      env={}, resources=Resources(1, 256), base_url="/user/remote/j/", token=secrets.token_hex(8),
+                      time_limit_s=600, home=str(home), dirs=("output",))
+    try:
+        handle = await backend.submit(spec)
+        for _ in range(300):
+            obs = await backend.observe(iid, handle)
+            if obs.phase in (Phase.SUCCEEDED, Phase.FAILED):
+                break
+            await asyncio.sleep(0.05)
+        assert obs.phase == Phase.SUCCEEDED and obs.exit_code == 0, obs
+        expected = "out True\nünïcode ✓\n".encode()
+        assert await backend.read_log(handle, 0) == (expected, len(expected))
+        assert await backend.read_log(handle, -len("✓\n".encode())) == ("✓\n".encode(), len(expected))
+        assert [line async for line in backend.logs(handle)] == ["out True", "ünïcode ✓"]
+        assert any(" LC_ALL=C dd if=" in c for c in ssh_server.commands)
+    finally:
+        for owned in await backend.list_owned():
+            await backend.terminate(owned, grace=0)
+        await backend.close()

@@ -91,13 +91,11 @@ def box(tmp_path: Path) -> Box:
 def attempt(box: Box, archive: Path, limits: Limits = LIMITS, **kwargs: bool) -> Report | ArchiveError:
     """extract(), returning its report or its ArchiveError, after checking nothing changed outside dest."""
     before = box.outside()
-    passwd = Path("/etc/passwd").read_bytes()
     try:
         result: Report | ArchiveError = extract(archive, box.dest, limits, **kwargs)
     except ArchiveError as exc:
         result = exc
     assert box.outside() == before, "something changed outside dest"
-    assert Path("/etc/passwd").read_bytes() == passwd
     return result
 
 
@@ -274,6 +272,8 @@ def test_tar_links_devices_and_fifos_are_skipped(box: Box) -> None:
     assert report.files == 1
     assert box.written() == {"real.txt": b"real"}
     assert [p.name for p in box.dest.iterdir()] == ["real.txt"]
+    passwd = os.stat("/etc/passwd")
+    assert (box.dest / "real.txt").stat().st_ino != passwd.st_ino
     assert report.skipped == [
         "passwd: hard link",
         "again: hard link",

@@ -160,9 +160,12 @@ def test_fifo_never_blocks(root: Path) -> None:
     os.mkfifo(root / "pipe")
     (root / "a.txt").write_text("a")
     assert paths(finishes(lambda: walk(root))[0]) == ["a.txt"]
-    with pytest.raises(TreeError) as info:
-        finishes(lambda: open_file(root, "pipe"))
-    assert info.value.not_found
+    for rel in ("pipe", "pipe/x"):
+        with pytest.raises(TreeError) as info:
+            finishes(lambda rel=rel: open_file(root, rel))
+        assert info.value.not_found
+    with pytest.raises(TreeError):
+        finishes(lambda: walk(root / "pipe"))
     data, added = read_targz(root)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert tar.getnames() == ["a.txt"]
@@ -226,7 +229,7 @@ def test_max_entries_truncates(root: Path) -> None:
 
 
 def test_junk_does_not_make_walk_scan_forever(root: Path) -> None:
-    for i in range(3000):
+    for i in range(1500):
         os.symlink("/", root / f"l{i}")
     (root / "z.txt").write_text("z")
     entries, truncated = walk(root, max_entries=10)

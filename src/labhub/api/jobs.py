@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import posixpath
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -28,7 +29,8 @@ from labhub.services.jobs import MAX_METRIC_POINTS
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/instances", tags=["jobs"], responses=SIGNED_IN)
 ONE = errors(404)
-FOLLOW_POLL_S = 0.5
+FOLLOW_POLL_S = 0.1  # a followed log's file is read this often while nothing new comes
+STATUS_RECHECK_S = 2.0
 FOLLOW_START_BYTES = 64 * 1024  # a followed log starts this far before its end
 
 
@@ -136,14 +138,20 @@ async def _as_events(pieces: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[
 async def _follow(hub: Hub, instance_id: str, offset: int, follow: bool, request: Request, *,
                   offsets: bool = False) -> AsyncIterator[tuple[bytes, int]]:
     """The log from ``offset``; while following, new bytes as they come, until the instance ended
-    and its last bytes were sent.  Its status is read from the database (any replica's change)."""
+    and its last bytes were sent.  The file is looked at every :data:`FOLLOW_POLL_S` (a cheap read);
+    the status, from the database (any replica's change), when a change is signalled and every
+    :data:`STATUS_RECHECK_S` besides."""
+    row: Any = None
+    checked = 0.0
     async with hub.bus.subscribe(instance_id=instance_id) as signal:
         while True:
-            async with hub.sessions() as session:
-                row = (await session.execute(select(Instance.status, Instance.handle, Instance.backend)
-                                             .where(Instance.id == instance_id))).first()
-            if row is None:
-                return
+            if row is None or time.monotonic() - checked > STATUS_RECHECK_S:
+                async with hub.sessions() as session:
+                    row = (await session.execute(select(Instance.status, Instance.handle, Instance.backend)
+                                                 .where(Instance.id == instance_id))).first()
+                checked = time.monotonic()
+                if row is None:
+                    return
             ended = row.status in TERMINAL
             backend = hub.backends.get(row.backend)
             data = b""
@@ -161,7 +169,8 @@ async def _follow(hub: Hub, instance_id: str, offset: int, follow: bool, request
                 continue  # more may be waiting
             if ended or not follow:
                 return
-            await signal.wait(timeout=FOLLOW_POLL_S)  # a change of status, or a while: look again
+            if await signal.wait(timeout=FOLLOW_POLL_S):  # its status changed: read it again
+                row = None
             if await request.is_disconnected():
                 return
 

@@ -12,7 +12,8 @@ How an instance comes up:
 1. ``submit`` renders the batch script and pipes it to ``sbatch``.  The job
    is named ``labhub-<instance id>`` and commented ``labhub:<hub id>:<instance
    id>``; that is how ``list_owned`` (orphan clean-up) and idempotent
-   re-submission find LabHub's jobs.  The handle holds the job id.
+   re-submission find LabHub's jobs (a LabHub job's comment ends ``:job``).
+   The handle holds the job id.
 2. On the node the launcher picks a free port and *calls home*:
    ``POST {hub}/api/v1/instances/{id}/callhome`` with the instance token and
    ``{host, port, job_id}``.  The hub passes the report to
@@ -21,6 +22,32 @@ How an instance comes up:
    stores it, so a restarted hub still knows where the instance listens).
 3. ``observe_many`` reports ``RUNNING`` with that URL; the hub probes it and
    routes users there.
+
+Jobs (``LaunchSpec.kind == "job"``) run to completion and listen nowhere, so
+step 2 is different: the job launcher makes the job's ``dirs`` and execs, and
+calls nobody.  A job is ``RUNNING`` (without a URL) as soon as Slurm runs it,
+``SUCCEEDED`` once Slurm says ``COMPLETED`` with exit code 0, and ``FAILED``
+otherwise, with the exit code (``sacct``'s where accounting exists, else
+``scontrol``'s) and Slurm's reason.  The handle says ``"kind": "job"``.
+
+Where a job's files are:
+
+* its working directory is always ``spec.home`` (the hub's ``<storage>/jobs/<id>``,
+  whatever ``slurm.workdir`` says: the hub reads the artifacts and metrics there),
+  created before ``sbatch`` and owned by the job's account; ``spec.dirs`` inside it
+  are made by the launcher as the job's user;
+* its output file is where every instance's is,
+  ``<slurm.output_dir>/<id>/slurm-<job id>.out``, so one rule finds every log
+  (:meth:`SlurmBackend.logs`, :meth:`SlurmBackend.read_log`) and a job's log
+  outlives the deletion of its artifacts;
+* ``spec.readable`` (its input folder): with ``run_as=accounts`` the hub grants
+  the job's account read access (its own group, as the local backend does).  With
+  ``run_as=service`` the job runs as the hub's service account, which must be able
+  to read the hub's storage directory on the nodes; with ``run_as=owner`` the site
+  must arrange that each cluster account can read its own folders there (the hub
+  cannot grant access to accounts it does not manage).  On a cluster of more than
+  one machine the storage directory, the output directory and any runtime must be
+  on a filesystem the nodes mount at the same paths.
 
 One ``squeue`` serves many observations: results are shared for
 ``poll_interval`` seconds, and each query asks for every job anybody asked
@@ -56,14 +83,18 @@ from labhub.backends.base import (
     Phase,
 )
 from labhub.backends.commands import CommandResult, CommandRunner, LocalRunner
-from labhub.backends.local_isolation import Accounts, account_name
+from labhub.backends.local_isolation import Account, Accounts, account_name
+from labhub.backends.local_process import grant_read
 from labhub.backends.slurm_script import (
     HUB_ID_RE,
+    JOB_MARK,
     ClusterOptions,
     JobPlan,
     check_template_options,
     fill_path,
+    is_job,
     job_name,
+    job_problems,
     owned_instance,
     render_batch_script,
     sbatch_argv,
@@ -75,6 +106,7 @@ INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INTEREST_S = 10.0  # how long a job asked about stays in every squeue query
 TERMINATE_POLL_S = 0.2
 RUN_AS = ("auto", "service", "accounts", "owner")
+DD_COPIED_RE = re.compile(r"^(\d+) bytes", re.MULTILINE)  # dd's summary, LC_ALL=C
 
 
 class SlurmBackend(Backend):
@@ -180,6 +212,7 @@ class SlurmBackend(Backend):
             reasons["size"] = f"{spec.resources.gpus} GPUs requested but jobs on this cluster may use {self.max_gpus}"
         _, errors = check_template_options(spec.options.get("slurm"), self.cluster.allowed_sbatch)
         reasons.update(errors)
+        reasons.update(job_problems(spec))
         return reasons
 
     # -- commands ------------------------------------------------------------------------
@@ -208,11 +241,18 @@ class SlurmBackend(Backend):
 
     async def _submit(self, spec: LaunchSpec) -> Handle:
         existing = await self._find_live_job(spec.instance_id)
-        user = await self._job_user(spec)
+        account = await self._account(spec)
+        user = account.name if account is not None else spec.owner if self.run_as == "owner" else None
         plan = self._plan(spec, user)
         if existing is not None:
-            return self._handle(spec.instance_id, existing, plan)
+            return self._handle(spec, existing, plan)
         await self._prepare_dirs(plan)
+        if account is not None:  # the job's input folder: readable by its account alone
+            for path in spec.readable:
+                try:
+                    await asyncio.to_thread(grant_read, Path(path), account.gid)
+                except OSError as exc:
+                    raise BackendError(f"cannot let the job read {path}: {exc.strerror or exc}") from exc
         template, _ = check_template_options(spec.options.get("slurm"), self.cluster.allowed_sbatch)
         try:
             script = render_batch_script(spec, plan, self.cluster, self.hub_id, template)
@@ -227,32 +267,38 @@ class SlurmBackend(Backend):
             raise BackendError(str(exc)) from exc
         self._rows_at = float("-inf")  # the next observation must see the new job
         log.info("instance %s submitted as Slurm job %s (user %s)", spec.instance_id, job_id, user or "service")
-        return self._handle(spec.instance_id, job_id, plan)
+        return self._handle(spec, job_id, plan)
 
-    def _handle(self, iid: str, job_id: str, plan: JobPlan) -> Handle:
-        return {"instance_id": iid, "job_id": job_id, "hub_id": self.hub_id,
-                "output": plan.output.replace("%j", job_id), "user": plan.user, "workdir": plan.workdir}
+    def _handle(self, spec: LaunchSpec, job_id: str, plan: JobPlan) -> Handle:
+        handle: Handle = {"instance_id": spec.instance_id, "job_id": job_id, "hub_id": self.hub_id,
+                          "output": plan.output.replace("%j", job_id), "user": plan.user, "workdir": plan.workdir}
+        if is_job(spec):
+            handle["kind"] = "job"  # observed as running without a URL: it never calls home
+        return handle
 
-    async def _job_user(self, spec: LaunchSpec) -> str | None:
-        if self.run_as == "owner":
-            return spec.owner
-        if self._accounts is not None:
-            home = Path(spec.home) if spec.home else self.state_dir / "homes" / spec.owner
-            # the hub's assignment when it uses this backend's prefix; else <prefix><owner> (injective)
-            name = spec.account if (spec.account or "").startswith(self.account_prefix) else None
-            name = name or account_name(self.account_prefix, spec.owner)
-            return (await self._accounts.ensure(name, home)).name
-        return None
+    async def _account(self, spec: LaunchSpec) -> Account | None:
+        """The per-user account the job runs as (``run_as=accounts``), created if missing."""
+        if self._accounts is None:
+            return None
+        # a job's home is its own directory, not the account's
+        home = Path(spec.home) if spec.home and not is_job(spec) else self.state_dir / "homes" / spec.owner
+        # the hub's assignment when it uses this backend's prefix; else <prefix><owner> (injective)
+        name = spec.account if (spec.account or "").startswith(self.account_prefix) else None
+        name = name or account_name(self.account_prefix, spec.owner)
+        return await self._accounts.ensure(name, home)
 
     def _plan(self, spec: LaunchSpec, user: str | None) -> JobPlan:
         account = user or self._service_account()
-        workdir = fill_path(self.workdir, home=spec.home or str(self.state_dir / "work" / spec.owner),
-                            user=account, owner=spec.owner, instance_id=spec.instance_id)
+        if is_job(spec) and spec.home:  # the hub reads the job's artifacts and metrics there
+            workdir = spec.home
+        else:
+            workdir = fill_path(self.workdir, home=spec.home or str(self.state_dir / "work" / spec.owner),
+                                user=account, owner=spec.owner, instance_id=spec.instance_id)
         output_dir = fill_path(self.output_dir, home=spec.home, user=account, owner=spec.owner,
                                instance_id=spec.instance_id).rstrip("/")
+        callhome = None if is_job(spec) else f"{self.hub_url}/api/v1/instances/{spec.instance_id}/callhome"
         return JobPlan(workdir=workdir, output=f"{output_dir}/{spec.instance_id}/slurm-%j.out",
-                       callhome_url=f"{self.hub_url}/api/v1/instances/{spec.instance_id}/callhome",
-                       user=user, group=user)
+                       callhome_url=callhome, user=user, group=user)
 
     async def _prepare_dirs(self, plan: JobPlan) -> None:
         """The working directory and a private output directory, owned by the job's user."""
@@ -338,7 +384,8 @@ class SlurmBackend(Backend):
             row = rows.get(job_id)
             url = self._url(iid, handles[iid])
             if row is not None:
-                obs = sp.observe_row(row, url=url, ended=self._ended.get(job_id), position=self._positions.get(job_id))
+                obs = sp.observe_row(row, url=url, ended=self._ended.get(job_id), position=self._positions.get(job_id),
+                                     calls_home=handles[iid].get("kind") != "job")
             elif job_id in self._ended:
                 obs = sp.observe_ended(job_id, self._ended[job_id])
             else:
@@ -447,26 +494,72 @@ class SlurmBackend(Backend):
         for row in sp.parse_squeue(result.stdout).values():
             iid = owned_instance(row.name, row.comment, self.hub_id)
             if iid is not None and row.alive:
-                owned.append({"instance_id": iid, "job_id": row.job_id, "hub_id": self.hub_id, "user": row.user})
+                handle = {"instance_id": iid, "job_id": row.job_id, "hub_id": self.hub_id, "user": row.user}
+                if row.comment.endswith(JOB_MARK):  # adopted (find): observed as a job, never waiting for a call
+                    handle["kind"] = "job"
+                owned.append(handle)
         return owned
 
-    async def logs(self, handle: Handle, *, tail: int = 100) -> AsyncIterator[str]:
+    @staticmethod
+    def _output_path(handle: Handle) -> str | None:
+        """The handle's output file if it is one of ours (``.../<instance id>/slurm-<n>.out``), else None."""
         path = handle.get("output")
         iid = handle.get("instance_id")
         if not isinstance(path, str) or not isinstance(iid, str) or not INSTANCE_ID_RE.match(iid):
-            return
+            return None
         if f"/{iid}/slurm-" not in path or ".." in path.split("/") or not path.startswith("/"):
-            return  # only ever our own output files
+            return None  # only ever our own output files
+        return path
+
+    async def logs(self, handle: Handle, *, tail: int = 100) -> AsyncIterator[str]:
         # Bytes, not lines: a log without newlines must not come through whole.
         limit = procinfo.MAX_TAIL_BYTES
-        result = await self.runner.run(["tail", "-c", str(limit + 1), "--", path], limit_s=self.command_timeout)
-        if not result.ok:
+        data, _ = await self.read_log(handle, -(limit + 1), limit=limit + 1)
+        if not data:
             return
-        data = result.stdout.encode("utf-8", errors="surrogateescape")
         over = len(data) > limit  # one byte more than the window: is the window's first line whole?
         cut = over and data[-limit - 1:-limit] != b"\n"
         for line in procinfo.split_tail(data[-limit:] if over else data, max(1, int(tail)), first_cut=cut):
             yield line
+
+    async def read_log(self, handle: Handle, offset: int, *, limit: int = 1 << 20) -> tuple[bytes, int]:
+        """The output file from ``offset``, as :func:`procinfo.read_at` reads it.
+
+        The file lies in a directory the job's account owns, so that account may have replaced it
+        with a link (to a file only the hub may read), a FIFO (to hang the reader) or anything else:
+        it is read only if it is a regular file, never through a link, never waiting.  With the
+        local runner it is read in-process (:func:`procinfo.read_at`).  On a login node: ``stat``
+        (which does not follow links) for its size and type, then ``dd`` (``iflag=nofollow,nonblock``)
+        for at most ``limit`` bytes from the offset.  Offsets are exact (``dd`` counts the bytes);
+        the text comes back through the runner decoded as UTF-8, so bytes that are not UTF-8
+        arrive replaced there.
+        """
+        path = self._output_path(handle)
+        if path is None:
+            return b"", max(0, offset)
+        limit = max(0, int(limit))
+        if isinstance(self.runner, LocalRunner):
+            return await asyncio.to_thread(procinfo.read_at, path, offset, limit)
+        stat = await self.runner.run(["stat", "-c", "%s %f", "--", path], limit_s=self.command_timeout)
+        fields = stat.stdout.split() if stat.ok else []
+        try:
+            size, mode = int(fields[0]), int(fields[1], 16)
+        except (IndexError, ValueError):
+            return b"", max(0, offset)  # missing
+        if mode & 0o170000 != 0o100000:
+            return b"", max(0, offset)  # not a regular file: a link, a FIFO
+        start = max(0, size + offset) if offset < 0 else min(offset, size)
+        count = min(limit, size - start)
+        if count <= 0:
+            return b"", start
+        result = await self.runner.run(
+            ["env", "LC_ALL=C", "dd", f"if={path}", "iflag=nofollow,nonblock,skip_bytes,count_bytes",
+             f"skip={start}", f"count={count}", "bs=65536"], limit_s=self.command_timeout)
+        if not result.ok:
+            return b"", start
+        data = result.stdout.encode("utf-8", errors="surrogateescape")
+        copied = DD_COPIED_RE.search(result.stderr)
+        return data, start + (int(copied.group(1)) if copied else len(data))
 
     async def health(self) -> None:
         result = await self._run("scontrol", "ping")

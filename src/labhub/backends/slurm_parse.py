@@ -187,15 +187,22 @@ def pending_message(row: JobRow, position: tuple[int, int] | None = None) -> str
 
 
 def observe_row(row: JobRow, *, url: str | None, ended: Ended | None = None,
-                position: tuple[int, int] | None = None) -> Observation:
+                position: tuple[int, int] | None = None, calls_home: bool = True) -> Observation:
     """What one squeue row means for the hub.
 
     ``url`` is where the job said (by calling home) it listens; a running job
-    that has not called home yet is ``STARTING``.  ``ended`` adds the exit
-    code and reason of a finished job when accounting or ``scontrol`` had them.
+    that has not called home yet is ``STARTING``.  ``calls_home=False`` (a LabHub
+    job, which listens nowhere): running is ``RUNNING`` without a URL at once.
+    ``ended`` adds the exit code and reason of a finished job when accounting or
+    ``scontrol`` had them.
     """
     state = row.state
     where = f" on {row.nodes}" if row.nodes and row.nodes not in ("(null)", "") else ""
+    if not calls_home and state in HOLDING and state != "CONFIGURING":
+        if state == "COMPLETING":
+            return Observation(Phase.RUNNING, message=f"job {row.job_id} is ending; Slurm is cleaning up{where} "
+                                                      "(COMPLETING)")
+        return Observation(Phase.RUNNING, message=f"job {row.job_id} {state.lower()}{where}")
     if state in QUEUED:
         if url:  # it called home, so it runs; the queue state is older than the call
             return Observation(Phase.RUNNING, url=url, message=f"job {row.job_id} running{where}")

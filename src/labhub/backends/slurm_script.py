@@ -5,12 +5,29 @@ to the cluster (``sbatch`` reads it from stdin, locally or over SSH):
 
 * ``#SBATCH`` lines for the resources, time limit, partition, account, QoS
   and the template's validated options;
-* the launch description (argv with placeholders, environment, call-home
-  URL, token) as base64 JSON, which contains no shell metacharacters;
-* a fixed Python launcher (:data:`LAUNCHER`, LabHub's own code) that picks a
-  free port on the node, calls home, fills ``{port}``/``{ip}``/``{base_url}``
-  /``{home}`` in one pass and ``exec``s the argv.  No shell ever sees a value
-  that came from a template or a user.
+* the launch description (argv with placeholders, environment; for a
+  workspace the call-home URL and token) as base64 JSON, which contains no
+  shell metacharacters;
+* a fixed Python launcher (LabHub's own code) that ``exec``s the argv.  No
+  shell ever sees a value that came from a template or a user.
+
+Two launchers, by the instance's kind:
+
+* :data:`LAUNCHER` (workspaces, services: they listen) picks a free port on the
+  node, calls home, fills ``{port}``/``{ip}``/``{base_url}``/``{home}`` in one
+  pass and execs;
+* :data:`JOB_LAUNCHER` (``kind == "job"``: it runs to completion and listens
+  nowhere) needs nothing from the hub: the payload has no call-home URL and the
+  node need not reach the hub.  It creates ``LaunchSpec.dirs`` in the working
+  directory (mode 0700, as the job's user, so they are the job's), fills
+  ``{home}``/``{base_url}`` and execs.  ``{port}``, ``{ip}`` and ``{socket}``
+  have no value for a job and stay as they are (a program's own format string
+  may hold them, so they are not refused either).
+
+The program's ``PATH`` (:func:`path_env`): a runtime's ``bin/`` first (and
+``VIRTUAL_ENV``) when the spec names one; for a job without one, the system's
+``/usr/local/bin:/usr/bin:/bin``, never the hub's own virtualenv; a workspace
+without one keeps what ``sbatch`` passed on, as before.
 
 Golden tests (``tests/backends/golden``) pin the output.
 """
@@ -105,6 +122,38 @@ except OSError as e:
     sys.exit(127)
 """
 
+# A job: no port, no call-home.  ``dirs`` are made here, as the job's user, so they are the job's.
+JOB_LAUNCHER = r"""import base64, json, os, re, sys
+p = json.loads(base64.b64decode(os.environ.pop("LABHUB_LAUNCH")))
+def say(msg):
+    print("labhub: " + msg, file=sys.stderr, flush=True)
+home = p["home"]
+for name in p["dirs"]:
+    d = os.path.join(home, name)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        if os.path.islink(d) or not os.path.isdir(d):
+            say("cannot create %s in %s: something else has that name" % (name, home))
+            sys.exit(73)
+    except OSError as e:
+        say("cannot create %s in %s: %s" % (name, home, e))
+        sys.exit(73)
+v = {"base_url": p["base_url"], "home": home}
+argv = [re.sub(r"\{(base_url|home)\}", lambda m: v[m.group(1)], a) for a in p["argv"]]
+env = dict(os.environ)
+env.pop("VIRTUAL_ENV", None)
+env.update(p["env"])
+env["HOME"] = home
+try:
+    os.execvpe(argv[0], argv, env)
+except OSError as e:
+    say("cannot start %s: %s" % (argv[0], e))
+    sys.exit(127)
+"""
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"  # a job's PATH without a runtime (the local backend's too)
+DIR_NAME_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$")
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterOptions:
@@ -140,7 +189,7 @@ class JobPlan:
 
     workdir: str
     output: str  # may contain %j
-    callhome_url: str
+    callhome_url: str | None = None  # None for a job: it does not call home
     user: str | None = None  # --uid (root only)
     group: str | None = None  # --gid
 
@@ -149,8 +198,11 @@ def job_name(instance_id: str) -> str:
     return JOB_PREFIX + instance_id
 
 
-def job_comment(hub_id: str, instance_id: str) -> str:
-    return f"labhub:{hub_id}:{instance_id}"
+JOB_MARK = ":job"  # ends the comment of a LabHub job's batch job, so a hub that adopts it knows its kind
+
+
+def job_comment(hub_id: str, instance_id: str, *, job: bool = False) -> str:
+    return f"labhub:{hub_id}:{instance_id}" + (JOB_MARK if job else "")
 
 
 def owned_instance(name: str, comment: str, hub_id: str) -> str | None:
@@ -158,7 +210,7 @@ def owned_instance(name: str, comment: str, hub_id: str) -> str | None:
     if not name.startswith(JOB_PREFIX):
         return None
     iid = name[len(JOB_PREFIX):]
-    return iid if comment == job_comment(hub_id, iid) else None
+    return iid if comment in (job_comment(hub_id, iid), job_comment(hub_id, iid, job=True)) else None
 
 
 def check_template_options(raw: Any, allowed: frozenset[str] = DEFAULT_ALLOWED_SBATCH,
@@ -211,11 +263,35 @@ def time_limit_minutes(seconds: int, slack: int) -> int:
     return max(1, math.ceil(seconds / 60)) + max(0, slack)
 
 
+def is_job(spec: LaunchSpec) -> bool:
+    return spec.kind == "job"
+
+
+def path_env(spec: LaunchSpec) -> dict[str, str]:
+    """``PATH`` (and ``VIRTUAL_ENV``) for the program, as the local backend sets them; empty for a
+    workspace without a runtime, which keeps the environment ``sbatch`` passed on."""
+    if spec.runtime:
+        return {"PATH": f"{spec.runtime.rstrip('/')}/bin:{JOB_PATH}", "VIRTUAL_ENV": spec.runtime}
+    return {"PATH": JOB_PATH} if is_job(spec) else {}
+
+
+def job_problems(spec: LaunchSpec) -> dict[str, str]:
+    """Why ``spec`` cannot run as a Slurm job (keyed by field, as ``Backend.unsupported``); pure."""
+    problems: dict[str, str] = {}
+    if any(not isinstance(d, str) or not DIR_NAME_RE.match(d) for d in spec.dirs):
+        problems["dirs"] = "directories to create must be plain names (letters, digits, '.', '_', '-')"
+    return problems
+
+
 def launch_payload(spec: LaunchSpec, plan: JobPlan, cluster: ClusterOptions) -> dict[str, Any]:
+    env = {**path_env(spec), **spec.env}  # the template's env may still set PATH (as on the local backend)
+    if is_job(spec):
+        return {"instance_id": spec.instance_id, "argv": list(spec.command), "env": env,
+                "base_url": spec.base_url, "home": plan.workdir, "dirs": list(spec.dirs)}
     return {
         "instance_id": spec.instance_id,
         "argv": list(spec.command),
-        "env": dict(spec.env),
+        "env": env,
         "base_url": spec.base_url,
         "home": plan.workdir,
         "callhome": plan.callhome_url,
@@ -228,13 +304,17 @@ def render_batch_script(spec: LaunchSpec, plan: JobPlan, cluster: ClusterOptions
                         template: TemplateOptions | None = None) -> str:
     """The batch script for ``spec`` (pure).  Values were validated before; paths are checked here."""
     template = template or TemplateOptions()
+    if problems := job_problems(spec):
+        raise ValueError("; ".join(f"{k}: {v}" for k, v in problems.items()))
+    if not is_job(spec) and not plan.callhome_url:
+        raise ValueError("a workspace needs a call-home URL")
     for what, path in (("working directory", plan.workdir), ("output file", plan.output)):
         if not PATH_RE.match(path):
             raise ValueError(f"the {what} {path!r} must be an absolute path without spaces or shell characters")
     res = spec.resources
     directives = [
         f"--job-name={job_name(spec.instance_id)}",
-        f"--comment={job_comment(hub_id, spec.instance_id)}",
+        f"--comment={job_comment(hub_id, spec.instance_id, job=is_job(spec))}",
         f"--output={plan.output}",
         f"--chdir={plan.workdir}",
         f"--time={time_limit_minutes(spec.time_limit_s, cluster.time_limit_slack_minutes)}",
@@ -245,7 +325,8 @@ def render_batch_script(spec: LaunchSpec, plan: JobPlan, cluster: ClusterOptions
     ]
     if res.gpus:
         directives.append(f"--gpus={res.gpus}" if cluster.gres_style == "gpus" else f"--gres=gpu:{res.gpus}")
-    directives.append("--no-requeue")  # a workspace restarted elsewhere would lose its state and address
+    # a workspace restarted elsewhere would lose its state and address; a job run twice would mix its output
+    directives.append("--no-requeue")
     directives.extend(cluster.extra_sbatch)  # site defaults; the template's choices below come later and win
     partition = template.partition or cluster.partition
     for option, value in (("partition", partition), ("account", template.account or cluster.account),
@@ -263,7 +344,7 @@ def render_batch_script(spec: LaunchSpec, plan: JobPlan, cluster: ClusterOptions
         f"# LabHub instance {spec.instance_id}: {spec.kind} {spec.name!r} of {spec.owner!r}; generated, do not edit",
         *cluster.prologue,
         f"export LABHUB_LAUNCH={payload}",
-        f"exec {shlex.quote(cluster.python)} -c '{LAUNCHER}'",
+        f"exec {shlex.quote(cluster.python)} -c '{JOB_LAUNCHER if is_job(spec) else LAUNCHER}'",
         "",
     ]
     return "\n".join(lines)

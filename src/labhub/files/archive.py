@@ -229,10 +229,10 @@ class _Tree:
         self._last: tuple[tuple[str, ...], int] | None = None
 
     def close(self) -> None:
-        self._forget()
+        self.forget()
         os.close(self.fd)
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         if self._last is not None:
             os.close(self._last[1])
             self._last = None
@@ -243,7 +243,7 @@ class _Tree:
             return self.fd
         if self._last is not None and self._last[0] == parts:
             return self._last[1]
-        self._forget()
+        self.forget()
         fd = self.fd
         try:
             for i, part in enumerate(parts):
@@ -399,7 +399,7 @@ class _Extraction:
         """Move the single top-level directory's contents up into dest, if there is exactly one."""
         if not self._one_top or self._top is None:
             return
-        self.tree._forget()
+        self.tree.forget()
         dest = self.tree.fd
         try:
             top = os.open(self._top, _DIR_FLAGS, dir_fd=dest)
@@ -530,11 +530,11 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     head = raw.read(6)
     raw.seek(0)
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     if head.startswith(b"BZh"):
-        return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
+        return bz2.BZ2File(raw, "rb")
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_XZ)  # type: ignore[return-value]
+        return lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_XZ)
     return raw
 
 

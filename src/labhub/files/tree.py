@@ -17,6 +17,7 @@ make sure the account cannot write to root's parent.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import secrets
@@ -331,8 +332,10 @@ def _empty(top: int, fd: int, depth: int) -> None:
                 sub = os.open(name, _DIR_FLAGS | os.O_NONBLOCK, dir_fd=fd)
             except FileNotFoundError:
                 continue
-            except OSError:  # swapped for a symlink or a file since the unlink: the next batch unlinks it
-                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                continue  # swapped for a symlink or a file since the unlink: the next batch unlinks it
             try:
                 _empty(top, sub, depth + 1)
             finally:
