@@ -15,10 +15,12 @@ from labhub.settings import StorageSettings
 pytestmark = pytest.mark.asyncio
 
 
-def targz(files: dict[str, bytes], *, top: str = "") -> bytes:
+def targz(files: dict[str, bytes | str], *, top: str = "") -> bytes:
+    """A tar.gz of these files (text is UTF-8), made in memory; the tests' uploads."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path, data in files.items():
+        for path, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(top + path)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from tests.api.test_folders import targz
+
 pytestmark = pytest.mark.asyncio
 
 SCRIPT_TEMPLATE = textwrap.dedent("""\
@@ -80,14 +82,7 @@ async def user_id(hub, name: str) -> int:
 
 
 async def make_folder(caller, name: str, files: dict[str, str]) -> dict:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    resp = await caller.http.post(f"/api/v1/folders/{name}/upload", content=buf.getvalue())
+    resp = await caller.http.post(f"/api/v1/folders/{name}/upload", content=targz(files))
     assert resp.status_code == 201, resp.text
     return resp.json()
 

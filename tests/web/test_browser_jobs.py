@@ -4,7 +4,6 @@ metrics chart grow while it runs, see it succeed and download what it wrote."""
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import shutil
 import tarfile
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
+from tests.api.test_folders import targz
 from tests.web.conftest import PASSWORD, PHONE, README_SCREENSHOTS, audit, screenshot
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
@@ -52,17 +52,6 @@ TRAIN = textwrap.dedent(f"""\
     print("done", flush=True)
 """)
 DATA = "hello jobs\n"
-
-
-def targz(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def member_names(path: Path) -> list[str]:
