@@ -33,6 +33,20 @@ def check_throughput(f: dict) -> bool | None:
     return f["ratio"] >= 0.6 and (vs is None or vs >= 1.5)
 
 
+def _added(limit: float) -> Callable[[dict], bool | None]:
+    """LabHub's median minus the baseline's (a difference of medians) at most ``limit``."""
+    def check(f: dict) -> bool | None:
+        if f["labhub"] is None or f["baseline"] is None:
+            return None
+        return f["labhub"] - f["baseline"] <= limit
+
+    return check
+
+
+def _ratio_ge(limit: float) -> Callable[[dict], bool | None]:
+    return lambda f: None if f["ratio"] is None else f["ratio"] >= limit
+
+
 def check_vs_peer(f: dict) -> bool | None:
     if f["labhub"] is None or f["peer"] is None:
         return None
@@ -64,6 +78,10 @@ CHECKS: dict[str, Callable[[dict], bool | None]] = {
     "scale_5000_tick_max": _le("labhub", 1.0),
     "scale_5000_rss": _le("labhub", 400.0),
     "scale_5000_api_p99": _le("labhub", 100.0),
+    "upload_extract_ratio": _ratio_ge(0.7),
+    "upload_rss_growth_mib": _le("labhub", 50.0),
+    "job_start_overhead_local_s": _added(0.3),
+    "job_start_overhead_slurm_s": _added(0.5),
 }
 ORDER = list(CHECKS)
 
@@ -157,6 +175,36 @@ WHY: dict[str, str] = {
         "13.5 ms. What would fix it: not waking a pass when a task ends (its follow-up is already rescheduled "
         "through _recheck) or coalescing woken passes to one per interval, plus a cheaper pass "
         "(scale_5000_tick_p50)."),
+    "upload_extract_ratio": (
+        "LabHub's time is serial where tar's is not: the hub first receives the whole body into a staging file "
+        "(through its proxy and uvicorn, written in the event loop: labhub_body_sent_s, a fifth to a quarter of "
+        "the time), "
+        "then extracts it in one worker thread, busy ~90% of the wall time (labhub_cpu_s: 6.6-9.3 CPU-s for "
+        "1 GiB), while `tar -xzf` spreads ~6 CPU-s over its tar and gzip processes on two cores and writes the "
+        "data once; LabHub's time moves with the machine's load far more than tar's (run medians 0.73-1.05). In a "
+        "py-spy profile of a 1 GiB upload the extraction thread spends ~34% writing the files (os.write of "
+        "1 MiB chunks), ~37% in gzip's read (zlib inflate ~18%, reading the staging file back ~11%, CRC ~4%), "
+        "~12% in tarfile's buffer copies, ~10% in headers, name checks and file creation. The ratio counts the "
+        "HTTP transfer too. What would raise it (labhub.api.uploads, services.folders): extracting while the "
+        "body streams in (the staging directory still makes the folder all or nothing), which drops the staging "
+        "file's write and read-back and overlaps receiving with extracting; zlib.decompressobj on large reads "
+        "instead of gzip.GzipFile under tarfile."),
+    "upload_rss_growth_mib": (
+        "The body is streamed with flow control on both hops (proxy and uvicorn pause reading while writes "
+        "are pending) and written as it comes; extraction copies 1 MiB at a time: ~2 MiB of growth for 1 GiB."),
+    "job_start_overhead_local_s": (
+        "The process starts ~40 ms later than one started by hand (printed_s against bare_printed_s; events_s: "
+        "the hub records it starting ~30 ms after the submit); then the line waits for the followed log's next "
+        "read of the file (labhub.api.jobs.FOLLOW_POLL_S, 0.1 s; delivered_s): the job's status changes wake "
+        "the stream just before the script prints, so the line waits nearly a whole interval. (With the earlier "
+        "0.5 s interval this figure was +0.50 s.) What would cut it: waking the follower when the local "
+        "backend's output.log grows (inotify), as status changes already do, or a shorter interval for the "
+        "first seconds of a job."),
+    "job_start_overhead_slurm_s": (
+        "The hub submits the job ~0.1 s after the POST (events_s: starting), then Slurm starts it as it starts "
+        "a raw sbatch; the first line reaches the followed log within the stream's file-read interval "
+        "(delivered_s). Raw sbatch itself varies 0.2-1.1 s here (slurmctld's scheduling and slurmd's job launch "
+        "on a loaded 2-core machine), more than the hub adds."),
     "scale_5000_rss": "",
     "scale_5000_api_p99": (
         "The offered load is ~3x what one hub process serves: a launch costs its event loop ~25-40 ms of CPU (the "
@@ -182,6 +230,12 @@ def miss_note(f: dict) -> str:
     if name in ("proxy_throughput", "ws_echo_rtt_p50", "launch_concurrent", "memory_per_workspace",
                 "launch_single"):
         how_much = f"ratio {f['ratio']} against the target {f['target']}"
+    elif name == "upload_extract_ratio":
+        how_much = f"ratio {f['ratio']} (LabHub {lh} {unit}, tar -xzf {f['baseline']} {unit}) against the target " \
+                   f"{f['target']}"
+    elif name.startswith("job_start_overhead"):
+        how_much = f"+{lh - f['baseline']:.3g} s over the baseline ({lh} s against {f['baseline']} s), target " \
+                   f"{f['target']}"
     elif name in ("proxy_latency_p99", "ws_handshake"):
         how_much = f"{lh} {unit} against CHP's {f['peer']} {unit}"
     else:

@@ -1,7 +1,7 @@
 """LabHub against JupyterHub + configurable-http-proxy, side by side on this machine.
 
 usage: python benchmarks/run.py [--quick] [--only GROUP,...] [--out DIR] [--no-peers]
-groups: launch, proxy, hub, api, replicas   (default: all; replicas needs PostgreSQL for its takeover figure)
+groups: launch, proxy, hub, api, replicas, jobs   (default: all; replicas needs PostgreSQL for its takeover figure)
 
 Writes DIR/latest.json and DIR/latest.md (DIR defaults to benchmarks/results) and
 prints the table.  Each figure alternates the systems (A B A B ...) and reports
@@ -38,6 +38,7 @@ from hubs import (  # noqa: E402
     peers_installed,
     repo_versions,
 )
+from jobs import jobs_figures  # noqa: E402
 from lib import (  # noqa: E402
     HERE,
     Figure,
@@ -60,6 +61,7 @@ from replicas import replicas_figures  # noqa: E402
 from report import CHECKS, ORDER, fmt, machine_facts, markdown, miss_note, update_readme  # noqa: E402
 
 MEM_SETTLE_S = 3.0  # after readiness, before reading a workspace's memory
+GROUPS = ("launch", "proxy", "hub", "api", "replicas", "jobs")
 
 
 class Config:
@@ -643,7 +645,7 @@ def _cpu_per_request(connect: Callable[[], KeepAlive], path: str, n: int, pids: 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="each figure once, with small counts")
-    ap.add_argument("--only", default="", help="comma-separated groups: launch, proxy, hub, api, replicas")
+    ap.add_argument("--only", default="", help="comma-separated groups: " + ", ".join(GROUPS))
     ap.add_argument("--out", default=None, help="default: benchmarks/results (quick: benchmarks/results/quick)")
     ap.add_argument("--no-peers", action="store_true", help="LabHub only (peer values null)")
     ap.add_argument("--render", action="store_true",
@@ -670,7 +672,9 @@ async def main() -> int:
     peers = not args.no_peers and peers_installed()
     if not args.no_peers and not peers:
         log("peers are not installed (run benchmarks/install.sh): LabHub figures only")
-    groups = [g for g in args.only.split(",") if g] or ["launch", "proxy", "hub", "api", "replicas"]
+    groups = [g for g in args.only.split(",") if g] or list(GROUPS)
+    if unknown := set(groups) - set(GROUPS):
+        ap.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     started = dt.datetime.now(dt.UTC)
     machine = machine_facts()
     machine["loadavg_start"] = loadavg()
@@ -681,7 +685,8 @@ async def main() -> int:
     durations: dict[str, float] = {}
     try:
         for group, run in (("proxy", proxy_figures), ("hub", hub_figures), ("api", api_figures),
-                           ("launch", launch_figures), ("replicas", replicas_figures)):
+                           ("launch", launch_figures), ("replicas", replicas_figures),
+                           ("jobs", jobs_figures)):
             if group in groups:
                 g0 = time.perf_counter()
                 figures += await run(cfg, work, peers)
@@ -723,7 +728,7 @@ async def main() -> int:
     (out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
     md = markdown(result)
     (out / "latest.md").write_text(md)
-    if not cfg.quick and not args.out and set(groups) == {"launch", "proxy", "hub", "api", "replicas"}:
+    if not cfg.quick and not args.out and set(groups) == set(GROUPS):
         update_readme(md)
     print(md)
     return 0

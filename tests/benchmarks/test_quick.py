@@ -25,12 +25,15 @@ FIGURES = {
 }
 # the replicas group: no peer (JupyterHub cannot run two hubs on one database); the takeover needs PostgreSQL
 NO_PEER = {"takeover_100", "scale_5000_tick_p50", "scale_5000_tick_max", "scale_5000_rss", "scale_5000_api_p99"}
+# the jobs group: no peer either (JupyterHub has no folders or jobs); the Slurm figure needs root and slurm-wlm
+JOBS = {"upload_extract_ratio", "upload_rss_growth_mib", "job_start_overhead_local_s", "job_start_overhead_slurm_s"}
+NO_PEER = NO_PEER | JOBS
 FIGURES = FIGURES | NO_PEER | {"api_cpu_health", "api_cpu_me", "api_cpu_instances", "api_cpu_templates"}
-NEEDS_POSTGRES = {"takeover_100"}
+NEEDS = {"takeover_100": "PostgreSQL unavailable", "job_start_overhead_slurm_s": "Slurm unavailable"}
 KEYS = {"name", "unit", "labhub", "peer", "baseline", "ratio", "target", "meets"}
 WITH_BASELINE = {"launch_single", "launch_concurrent", "memory_per_workspace", "proxy_throughput",
                  "proxy_added_latency_p50", "proxy_latency_p99", "proxy_cpu_per_request", "ws_echo_rtt_p50",
-                 "ws_handshake"}
+                 "ws_handshake", "upload_extract_ratio", "job_start_overhead_local_s", "job_start_overhead_slurm_s"}
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
@@ -47,8 +50,8 @@ def test_quick_mode_writes_every_figure(tmp_path: Path) -> None:
     assert set(figures) == FIGURES
     for name, f in figures.items():
         assert KEYS <= set(f), name
-        if name in NEEDS_POSTGRES and f["labhub"] is None:  # measured only where PostgreSQL is
-            assert "PostgreSQL unavailable" in f.get("note", ""), (name, f)
+        if name in NEEDS and f["labhub"] is None:  # measured only where PostgreSQL / Slurm is
+            assert NEEDS[name] in f.get("note", ""), (name, f)
             continue
         assert isinstance(f["labhub"], int | float), (name, f)
         assert isinstance(f["target"], str) and f["target"], name
