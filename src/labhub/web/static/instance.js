@@ -42,23 +42,9 @@
   setFollow();
   if (window.location.hash === "#logs") { document.getElementById("logs").focus(); }
 
-  if (L.TERMINAL.indexOf(status) >= 0 || !window.EventSource) { return; }
-  var source = new EventSource("/api/v1/instances/" + id + "/events?after=" + head.dataset.after);
-  source.addEventListener("status", function (msg) {
-    var ev = JSON.parse(msg.data);
-    document.getElementById("events").appendChild(L.eventItem(ev));
-    if (ev.status === status) { return; }
-    status = ev.status;
-    L.setBadge(document.getElementById("status"), status);
-    L.setActions(head, status);
-    L.announce("Status: " + status);
-    if (L.TERMINAL.indexOf(status) >= 0) {
-      source.close();
-      follow.checked = false;
-      setFollow();
-      window.setTimeout(function () { window.location.reload(); }, 800);  // the server explains why it ended
-    }
+  L.watchInstance(head, id, status, function () {
+    follow.checked = false;
+    setFollow();
+    window.setTimeout(function () { window.location.reload(); }, 800);  // the server explains why it ended
   });
-  source.addEventListener("end", function () { source.close(); });
-  window.addEventListener("pagehide", function () { source.close(); });
 })();

@@ -225,26 +225,13 @@
 
   // -- live status ------------------------------------------------------------------------------
   function watch() {
-    if (ended() || !window.EventSource) { return; }
-    var source = new EventSource(api + "/events?after=" + head.dataset.after);
-    source.addEventListener("status", function (msg) {
-      var ev = JSON.parse(msg.data);
-      document.getElementById("events").appendChild(L.eventItem(ev));
-      if (ev.status === status) { return; }
-      status = ev.status;
-      L.setBadge(document.getElementById("status"), status);
-      L.setActions(head, status);
-      L.announce("Status: " + status);
-      if (ended()) {
-        source.close();
-        if (metricsTimer) { window.clearTimeout(metricsTimer); }
-        loadMetrics();  // the last points
-        // the server shows how it ended: exit code, why, artifacts
-        window.setTimeout(function () { window.location.reload(); }, 1500);
-      }
+    L.watchInstance(head, id, status, function (now) {
+      status = now;
+      if (metricsTimer) { window.clearTimeout(metricsTimer); }
+      loadMetrics();  // the last points
+      // the server shows how it ended: exit code, why, artifacts
+      window.setTimeout(function () { window.location.reload(); }, 1500);
     });
-    source.addEventListener("end", function () { source.close(); });
-    window.addEventListener("pagehide", function () { source.close(); });
   }
 
   window.addEventListener("pagehide", function () { if (controller) { controller.abort(); } });

@@ -125,9 +125,31 @@
     window.addEventListener("pagehide", function () { source.close(); });
   }
 
+  // One instance's page: its events as they happen (the timeline, the badge, the actions);
+  // onEnded(status) once it has ended. Returns nothing; closes itself on "end" and on leaving.
+  function watchInstance(head, id, status, onEnded) {
+    if (TERMINAL.indexOf(status) >= 0 || !window.EventSource) { return; }
+    var source = new EventSource("/api/v1/instances/" + id + "/events?after=" + head.dataset.after);
+    source.addEventListener("status", function (msg) {
+      var ev = JSON.parse(msg.data);
+      document.getElementById("events").appendChild(eventItem(ev));
+      if (ev.status === status) { return; }
+      status = ev.status;
+      setBadge(document.getElementById("status"), status);
+      setActions(head, status);
+      announce("Status: " + status);
+      if (TERMINAL.indexOf(status) >= 0) {
+        source.close();
+        onEnded(status);
+      }
+    });
+    source.addEventListener("end", function () { source.close(); });
+    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
   window.LabHub = {
     TERMINAL: TERMINAL, LOG_MARKER: LOG_MARKER, announce: announce, setBadge: setBadge,
-    setActions: setActions, eventItem: eventItem, relative: relative
+    setActions: setActions, eventItem: eventItem, relative: relative, watchInstance: watchInstance
   };
 
   localTimes();
