@@ -163,3 +163,32 @@ async def test_training_reads_remote_root_files(hub, tmp_path, root_files, where
         assert urls[0] in log  # it says what it read
     finally:
         server.__exit__(None, None, None)
+
+
+async def test_the_same_training_through_the_cli_with_an_epochs_override(hub, tmp_path, root_files):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from labhub.cli.main import app
+
+    alice = await hub.user("alice")
+    archive = folder_tarball(tmp_path, root_files, ["data/sig.root", "data/bkg.root"])
+    env = {"LABHUB_URL": hub.url, "LABHUB_TOKEN": alice.token}
+    runner = CliRunner()
+
+    def cli(*args: str):
+        return asyncio.to_thread(runner.invoke, app, list(args), env=env, catch_exceptions=False)
+
+    up = await cli("upload", str(archive), "--name", "luca", "--strip-top")
+    assert up.exit_code == 0 and "luca: 6 files" in up.output, up.output
+    done = await cli("submit", "mlaas4hep", "--input", "luca", "--param", "files=files_test.txt",
+                     "--param", "labels=labels_test.txt", "--param", "model=keras_model.py",
+                     "--param", "params=params_test.json", "--param", "fout=higgs", "--param", "epochs=1",
+                     "--wait")
+    assert done.exit_code == 0, done.output
+    assert "mlaas4hep-1: succeeded (exit code 0)" in done.output
+    [job] = (await alice.http.get("/api/v1/instances", params={"name": "mlaas4hep-1"})).json()
+    metrics = (await alice.http.get(f"/api/v1/instances/{job['id']}/metrics")).json()
+    assert [m["epoch"] for m in metrics] == [1]  # params_test.json says 2; the job's parameter wins
+    got = await cli("download", "mlaas4hep-1", "-o", str(tmp_path / "out"))
+    assert got.exit_code == 0, got.output
+    assert (tmp_path / "out" / "mlaas4hep-1" / "higgs.keras").stat().st_size > 0

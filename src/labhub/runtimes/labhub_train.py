@@ -452,6 +452,11 @@ def train(args: argparse.Namespace, job: Job) -> None:
     params_path = in_folder(job, args.params, "--params")
     model_path = in_folder(job, args.model, "--model")
     params = read_params(params_path, args.params)
+    for key, given in (("epochs", args.epochs), ("batch_size", args.batch_size)):
+        if given < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1 (0 keeps {args.params}'s), not {given}")
+        if given:  # the job's parameter wins over the folder's file
+            params[key] = given
     sources, classes = read_sources(job, args.files, args.labels)
 
     columns, chunks = read_events(sources, params)
@@ -541,6 +546,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="Python file defining model(idim)")
     parser.add_argument("--params", required=True, help="JSON file of training parameters")
     parser.add_argument("--fout", required=True, help="name of the artifacts: NAME.keras and NAME.json")
+    parser.add_argument("--epochs", type=int, default=0, help="overrides params.json's epochs (0: keep it)")
+    parser.add_argument("--batch-size", type=int, default=0, help="overrides params.json's batch_size (0: keep it)")
     return parser.parse_args(argv)
 
 
