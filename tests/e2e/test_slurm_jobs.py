@@ -23,6 +23,7 @@ import pytest
 from tests.api.test_jobs import SCRIPT_TEMPLATE, make_folder, user_id
 from tests.backends.conftest import slurm_cluster  # noqa: F401 - the session's cluster fixture
 from tests.e2e.test_slurm import _job_id, _slurm_hub, slurm_env  # noqa: F401 - slurm_env is a fixture
+from tests.runtimes.conftest import root_files, runtimes_root, train_runtime  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slurm]
 IS_ROOT = os.geteuid() == 0
@@ -185,3 +186,30 @@ async def test_a_job_cannot_make_the_hub_read_for_it(hub, shared_tmp):
     snooped = await hub.wait_status(bob, theirs["id"], {"failed", "succeeded"}, timeout=30)
     assert snooped["status"] == "failed" and "PermissionError" in snooped["message"].splitlines()[0]
     assert "alice's data" not in await log_of(bob, theirs["id"])
+
+
+async def test_the_mlaas4hep_training_runs_as_a_slurm_job(slurm_env, start_hub, sqlite_url, shared_tmp,  # noqa: F811
+                                                          train_runtime, runtimes_root, root_files, tmp_path):  # noqa: F811
+    """The seed's workflow on the cluster: the train runtime on the node's PATH, artifacts back."""
+    from tests.e2e.test_mlaas4hep import folder_tarball
+    from tests.e2e.test_slurm import _free_port
+
+    hub = await start_hub(sqlite_url, data_dir=shared_tmp / "data", bind=f"127.0.0.1:{_free_port()}",
+                          runtimes_dir=runtimes_root)
+    alice = await hub.user("alice")
+    archive = folder_tarball(tmp_path, root_files, ["data/sig.root", "data/bkg.root"])
+    uploaded = await alice.http.post("/api/v1/folders/luca/upload", params={"strip_top": "true"},
+                                     content=archive.read_bytes())
+    assert uploaded.status_code == 201, uploaded.text
+    resp = await alice.http.post("/api/v1/instances", json={
+        "template": "mlaas4hep", "name": "higgs-1", "input": "luca", "backend": "slurm",
+        "params": {"files": "files_test.txt", "labels": "labels_test.txt", "model": "keras_model.py",
+                   "params": "params_test.json", "fout": "higgs", "epochs": 1}})
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    done = await hub.wait_status(alice, job["id"], {"succeeded", "failed"}, timeout=240)
+    log = (await alice.http.get(f"/api/v1/instances/{job['id']}/log", params={"follow": "false"})).text
+    assert done["status"] == "succeeded", f"{done['message']}\n{log}"
+    assert done["exit_code"] == 0 and "epoch 1/1" in log
+    names = {a["path"] for a in (await alice.http.get(f"/api/v1/instances/{job['id']}/artifacts")).json()["items"]}
+    assert {"higgs.keras", "higgs.json"} <= names
