@@ -15,6 +15,8 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 # Remote ROOT inputs: a real XRootD server (tests/runtimes/servers.py starts its own on loopback, as the xrootd account).
 [ -x /usr/bin/xrootd ] || missing+=(xrootd-server)
+# MLaaS4HEP's recipes and TF-Serving's REST are driven with curl, as their users do.
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $root = 1 ]; then
     echo "installing: ${missing[*]}"

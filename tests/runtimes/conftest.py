@@ -1,8 +1,8 @@
-"""Fixtures for runtime tests: the train runtime built once and cached, ROOT files, a job's folders.
+"""Fixtures for runtime tests: the train and serve runtimes built once and cached, ROOT files, a job's folders.
 
-The train runtime is built into ``<repo>/.runtimes`` (or ``$LABHUB_TEST_RUNTIMES``) and reused by
+The runtimes are built into ``<repo>/.runtimes`` (or ``$LABHUB_TEST_RUNTIMES``) and reused by
 every later run while its digest matches, so only the first run pays for the build. Other test
-modules may use ``train_runtime`` too.
+modules may use ``train_runtime`` and ``serve_runtime`` too.
 """
 
 from __future__ import annotations
@@ -41,8 +41,20 @@ def train_runtime(runtimes_root: Path) -> BuiltRuntime:
     return BuiltRuntime(runtime, path)
 
 
+@pytest.fixture(scope="session")
+def serve_runtime(runtimes_root: Path) -> BuiltRuntime:
+    """The built-in ``serve`` runtime (KServe's model server and the model loaders), built once and cached."""
+    runtime = BUILTIN["serve"]
+    try:
+        path = build_sync(runtimes_root, runtime)
+    except RuntimeBuildError as exc:
+        pytest.fail(f"building the serve runtime under {runtimes_root} failed: {exc}", pytrace=False)
+    _prune_other_builds(runtimes_root, runtime)
+    return BuiltRuntime(runtime, path)
+
+
 def _prune_other_builds(root: Path, runtime: Runtime) -> None:
-    """Remove this cache's older builds of ``runtime`` (each is ~750 MB); the current one stays."""
+    """Remove this cache's older builds of ``runtime`` (each is 0.75-1.2 GB); the current one stays."""
     current = location(root, runtime)
     for other in root.glob(f"{runtime.name}-*"):
         if other != current and (other / MARKER).is_file():

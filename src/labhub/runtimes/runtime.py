@@ -91,4 +91,9 @@ BUILTIN: dict[str, Runtime] = {
         requirements=read_requirements(PACKAGE_DIR / "train.txt"),
         modules=("labhub_train.py",),
     ),
+    "serve": Runtime(
+        name="serve",
+        requirements=read_requirements(PACKAGE_DIR / "serve.txt"),
+        modules=("labhub_serve.py",),
+    ),
 }
