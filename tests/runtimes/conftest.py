@@ -29,28 +29,27 @@ def runtimes_root() -> Path:
     return root
 
 
+def _built(root: Path, name: str) -> BuiltRuntime:
+    """The built-in runtime ``name``, built under ``root`` on first use (PyPI needed then) and cached."""
+    runtime = BUILTIN[name]
+    try:
+        path = build_sync(root, runtime)
+    except RuntimeBuildError as exc:
+        pytest.fail(f"building the {name} runtime under {root} failed: {exc}", pytrace=False)
+    _prune_other_builds(root, runtime)
+    return BuiltRuntime(runtime, path)
+
+
 @pytest.fixture(scope="session")
 def train_runtime(runtimes_root: Path) -> BuiltRuntime:
-    """The built-in ``train`` runtime, built on first use (PyPI needed then) and cached."""
-    runtime = BUILTIN["train"]
-    try:
-        path = build_sync(runtimes_root, runtime)
-    except RuntimeBuildError as exc:
-        pytest.fail(f"building the train runtime under {runtimes_root} failed: {exc}", pytrace=False)
-    _prune_other_builds(runtimes_root, runtime)
-    return BuiltRuntime(runtime, path)
+    """The built-in ``train`` runtime (Keras on JAX, uproot, XRootD and labhub_train)."""
+    return _built(runtimes_root, "train")
 
 
 @pytest.fixture(scope="session")
 def serve_runtime(runtimes_root: Path) -> BuiltRuntime:
-    """The built-in ``serve`` runtime (KServe's model server and the model loaders), built once and cached."""
-    runtime = BUILTIN["serve"]
-    try:
-        path = build_sync(runtimes_root, runtime)
-    except RuntimeBuildError as exc:
-        pytest.fail(f"building the serve runtime under {runtimes_root} failed: {exc}", pytrace=False)
-    _prune_other_builds(runtimes_root, runtime)
-    return BuiltRuntime(runtime, path)
+    """The built-in ``serve`` runtime (KServe's model server and the model loaders)."""
+    return _built(runtimes_root, "serve")
 
 
 def _prune_other_builds(root: Path, runtime: Runtime) -> None:
