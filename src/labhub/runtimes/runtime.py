@@ -94,6 +94,6 @@ BUILTIN: dict[str, Runtime] = {
     "serve": Runtime(
         name="serve",
         requirements=read_requirements(PACKAGE_DIR / "serve.txt"),
-        modules=("labhub_serve.py",),
+        modules=("labhub_serve.py", "labhub_serve_models.py"),
     ),
 }
