@@ -136,18 +136,18 @@ async def test_templates_are_serialised_once_per_catalog_and_filtered_per_caller
     admin = await hub.user("root", admin=True)
     alice = await hub.user("alice")
     first = await alice.http.get("/api/v1/templates")
-    assert [t["name"] for t in first.json()] == ["jupyterlab", "mlaas4hep"]
+    assert [t["name"] for t in first.json()] == ["jupyterlab", "mlaas4hep", "model-service"]
     memo = hub.hub.catalog.memo["api.templates"]
     again = await alice.http.get("/api/v1/templates")
     assert again.content == first.content and hub.hub.catalog.memo["api.templates"] is memo
-    assert [t["name"] for t in (await admin.http.get("/api/v1/templates")).json()] == ["gpu-lab", "jupyterlab",
-                                                                                        "mlaas4hep"]
+    assert [t["name"] for t in (await admin.http.get("/api/v1/templates")).json()] == [
+        "gpu-lab", "jupyterlab", "mlaas4hep", "model-service"]
 
     # a group membership counts at once (it is read per request, only when some template is limited)
     await admin.http.post("/api/v1/groups", json={"name": "gpu-users"})
     await admin.http.put("/api/v1/groups/gpu-users/members/alice")
     lab = {t["name"]: t for t in (await alice.http.get("/api/v1/templates")).json()}
-    assert list(lab) == ["gpu-lab", "jupyterlab", "mlaas4hep"]
+    assert list(lab) == ["gpu-lab", "jupyterlab", "mlaas4hep", "model-service"]
     assert lab["jupyterlab"]["sizes"][0] == {"name": "small", "cpus": 1.0, "memory_mb": 2048, "gpus": 0,
                                              "description": "1 CPU, 2 GiB", "allowed": True, "reason": ""}
     assert lab["gpu-lab"]["backends"] == ["fake"] and lab["gpu-lab"]["default_size"]
@@ -157,8 +157,8 @@ async def test_templates_are_serialised_once_per_catalog_and_filtered_per_caller
     site.mkdir()
     (site / "rstudio.yaml").write_text("title: RStudio\ncommand: [sleep, '3600']\n")
     hub.hub.catalog = load_catalog(site)
-    assert [t["name"] for t in (await alice.http.get("/api/v1/templates")).json()] == ["jupyterlab", "mlaas4hep",
-                                                                                         "rstudio"]
+    assert [t["name"] for t in (await alice.http.get("/api/v1/templates")).json()] == [
+        "jupyterlab", "mlaas4hep", "model-service", "rstudio"]
 
 
 async def test_health_needs_nothing_and_says_the_version(hub):

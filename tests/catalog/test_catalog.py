@@ -27,7 +27,7 @@ def test_invalid_site_templates_are_reported_and_skipped(tmp_path):
     (tmp_path / "hours.yaml").write_text("title: H\ncommand: [x]\nhours: {default: 10, max: 2}\n")
     (tmp_path / "ref.yaml").write_text("title: R\ncommand: ['{param:missing}']\n")
     catalog = load_catalog(tmp_path)
-    assert set(catalog.templates) == {"jupyterlab", "mlaas4hep", "good"}
+    assert set(catalog.templates) == {"jupyterlab", "mlaas4hep", "model-service", "good"}
     errors = "\n".join(catalog.errors)
     assert "bad-kind.yaml: kind:" in errors
     assert "no-command.yaml: command:" in errors

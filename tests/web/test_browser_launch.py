@@ -30,7 +30,7 @@ async def test_launch_jupyterlab_run_code_and_stop(start_hub, sqlite_url, shared
 
     await page.get_by_role("link", name="Launch", exact=True).last.click()  # the page's button, not the menu
     await expect(page).to_have_url(f"{hub.url}/launch")
-    await expect(page.locator(".template")).to_have_count(2)  # JupyterLab and the MLaaS4HEP training job
+    await expect(page.locator(".template")).to_have_count(3)  # JupyterLab, MLaaS4HEP training, a model service
     await audit(page)
     await screenshot(page, "catalog")
     await page.get_by_role("link", name="Choose JupyterLab").click()

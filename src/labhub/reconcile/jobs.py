@@ -12,8 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from labhub.backends.base import Observation, Phase
-from labhub.models import Instance, Status
+from labhub.files import archive
+from labhub.models import Instance, Kind, Status
 from labhub.services.folders import Folders
 from labhub.services.jobs import OUTPUT, JobFiles
 
@@ -59,3 +63,23 @@ def places(inst: Instance, jobs: JobFiles, folders: Folders) -> JobPlaces:
 
 
 Progress = Callable[[str], None]
+
+
+async def service_model(session: AsyncSession, inst: Instance, jobs: JobFiles) -> tuple[Path | None, str]:
+    """A service's ``model`` parameter (``JOB/PATH``: an artifact of one of its owner's jobs) as the
+    file to serve, or ``(None, why)``.  The file is its owner's account's, as the service is."""
+    ref = str((inst.params or {}).get("model") or "")
+    job_name, _, artifact = ref.partition("/")
+    try:
+        relative = archive.check_name(artifact)
+    except archive.ArchiveError as exc:
+        return None, f"model: {exc}"
+    job_id = await session.scalar(select(Instance.id).where(
+        Instance.owner_id == inst.owner_id, Instance.name == job_name, Instance.kind == Kind.JOB)
+        .order_by(Instance.created_at.desc()).limit(1))
+    if job_id is None:
+        return None, f"model: you have no job named {job_name!r}"
+    path = jobs.output(job_id) / relative
+    if not path.is_file() or path.is_symlink():
+        return None, f"model: job {job_name!r} has no artifact {relative!r}"
+    return path, ""

@@ -334,11 +334,15 @@ class Reconciler:
                 account = await accounts.assign(session, user=inst.owner, prefix=prefix,
                                                 reserved=frozenset({group_name(prefix)}))
                 job = jobs.places(inst, launch.jobs, launch.folders) if kind == Kind.JOB else None
+                resolved: dict[str, Any] = {}
+                if kind == Kind.SERVICE and "model" in (inst.params or {}):
+                    model, why_not = await jobs.service_model(session, inst, launch.jobs)
+                    resolved["model"] = str(model) if model is not None else ""
                 spec = build_spec(inst, template, owner=owner, token=launch.instance_token(inst.id),
                                   home=job.home if job else launch.home_for(owner),
                                   base_url=launch.base_path(owner, inst.name), backend=backend, account=account,
                                   extra_env=job.env if job else None, dirs=job.dirs if job else (),
-                                  readable=job.readable if job else ())
+                                  readable=job.readable if job else (), params=resolved)
             ready_path = template.ready_path if template else None
             timeout = (template.start_timeout if template and template.start_timeout else None) \
                 or parts.settings.start_timeout
@@ -346,6 +350,9 @@ class Reconciler:
         if backend is None or spec is None:
             what = f"backend {inst.backend!r} is not enabled" if backend is None else f"template {inst.template!r} no longer exists"
             await self._apply(instance_id, Status.FAILED, "config", f"cannot start: {what}")
+            return
+        if kind == Kind.SERVICE and resolved.get("model") == "" and handle is None:
+            await self._apply(instance_id, Status.FAILED, "model", f"cannot start: {why_not}")
             return
         if handle is None and template is not None and template.runtime:
             runtime = await self._runtime(instance_id, template.runtime)

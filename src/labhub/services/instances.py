@@ -45,6 +45,7 @@ def build_spec(
     instance: Instance, template: Template, *, owner: str, token: str, home: Path | None, base_url: str,
     backend: Backend, account: str | None = None, extra_env: Mapping[str, str] | None = None,
     runtime: Path | None = None, dirs: tuple[str, ...] = (), readable: tuple[Path, ...] = (),
+    params: Mapping[str, Any] | None = None,
 ) -> LaunchSpec:
     """The backend's view of an instance (pure).
 
@@ -54,7 +55,7 @@ def build_spec(
     input and output places) wins over the template's ``env``.
     """
     unix = Capability.UNIX_SOCKET in backend.capabilities
-    command, env = template.render(instance.params or {}, unix_socket=unix)
+    command, env = template.render({**(instance.params or {}), **(params or {})}, unix_socket=unix)
     env = {**env, **(extra_env or {}), "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token,
            "JUPYTER_TOKEN": token}
     return LaunchSpec(
