@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.hubprocess import free_port
+
 XROOTD = shutil.which("xrootd") or "/usr/bin/xrootd"
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
@@ -106,12 +108,6 @@ def http_server(directory: Path) -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
