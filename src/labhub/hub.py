@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import event, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from labhub import db, notify, storage
 from labhub.auth.flow import OidcRegistry
@@ -32,13 +33,25 @@ from labhub.auth.throttle import LoginThrottle
 from labhub.backends import registry
 from labhub.backends.base import Backend
 from labhub.catalog import Catalog, load_catalog
-from labhub.models import ROUTED, ApiToken, Instance, LoginSession, OriginGrant, User, UserStatus, utcnow
+from labhub.models import (
+    ROUTED_OR_ASLEEP,
+    TERMINAL,
+    ApiToken,
+    Instance,
+    LoginSession,
+    OriginGrant,
+    Status,
+    User,
+    UserStatus,
+    utcnow,
+)
 from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
 from labhub.reconcile.reconciler import Launch, Parts, Reconciler
 from labhub.services import changes, credentials, origins, security, users
 from labhub.services.bus import EventBus
 from labhub.services.folders import Folders
 from labhub.services.jobs import JobFiles
+from labhub.services.lifecycle import transition
 from labhub.settings import Settings, load_secret_key
 
 log = logging.getLogger(__name__)
@@ -278,7 +291,7 @@ class Hub:
             for chunk in _chunks(sorted(instance_ids), 500):
                 rows = await session.execute(select(Instance).where(Instance.id.in_(chunk)))
                 for inst in rows.scalars():
-                    found[inst.id] = self.route_for(inst) if inst.status in ROUTED else None
+                    found[inst.id] = self.route_for(inst) if inst.status in ROUTED_OR_ASLEEP else None
         for instance_id, route in found.items():
             self._set_route(instance_id, route)
 
@@ -299,8 +312,10 @@ class Hub:
             if current is not None:
                 self.routes.remove_instance(instance_id)
             return
-        if current is not None and current.instance_id == instance_id and current.upstream_key == route.upstream_key:
-            return  # unchanged: keep its activity count
+        if current is not None and current.instance_id == instance_id and current.upstream_key == route.upstream_key \
+                and current.asleep == route.asleep:
+            current.public = route.public  # otherwise unchanged: keep its activity count
+            return
         try:
             self.routes.add(route)
         except ValueError as exc:
@@ -338,12 +353,16 @@ class Hub:
 
     # -- routes ----------------------------------------------------------------
     def route_for(self, instance: Instance) -> Route | None:
-        """The proxy's route to a running instance (``upstream`` is ``http://host:port`` or ``unix:/path``)."""
-        if not instance.upstream:
+        """The proxy's route to a running instance (``upstream`` is ``http://host:port`` or ``unix:/path``),
+        or to a sleeping service (``asleep``: the proxy wakes it)."""
+        asleep = instance.status == Status.SLEEPING
+        if not instance.upstream and not asleep:
             return None
         socket = None
         host, port = "", 0
-        if instance.upstream.startswith("unix:"):
+        if asleep:
+            pass
+        elif instance.upstream.startswith("unix:"):
             socket = instance.upstream.removeprefix("unix:")
         else:
             host, _, port_text = instance.upstream.removeprefix("http://").rpartition(":")
@@ -354,7 +373,33 @@ class Hub:
             name=instance.name, host=host, port=port, token=self.instance_token(instance.id),
             last_activity=instance.last_activity_at.timestamp() if instance.last_activity_at else 0.0,
             label=origins.label_for(owner=owner, name=instance.name, instance_id=instance.id), socket=socket,
+            kind=instance.kind, public=bool(instance.public), asleep=asleep,
         )
+
+    async def wake(self, instance_id: str) -> Route | None:
+        """Start a service scaled to zero (if it still sleeps) and wait, at most the configured wake
+        timeout, for its live route; None if it did not start in time (or failed, or was stopped)."""
+        live = self.routes.live_event(instance_id)
+        try:
+            async with self.tx() as session:
+                inst = await session.get(Instance, instance_id)
+                if inst is None or inst.status in TERMINAL or inst.status == Status.STOPPING:
+                    return None
+                if inst.status == Status.SLEEPING:
+                    now = self.clock()
+                    transition(session, inst, Status.REQUESTED, reason="woken",
+                               message="woken by a request (it was scaled to zero)", now=now)
+                    inst.last_activity_at = now  # the request that woke it is activity: no sleeping again at once
+        except StaleDataError:
+            pass  # another request (or replica) woke it first
+        self.reconciler.wake(instance_id)
+        try:
+            await asyncio.wait_for(live.wait(), self.settings.services.wake_timeout_s)
+        except TimeoutError:
+            self.routes.forget_waiting(instance_id)
+            return None
+        route = next((r for r in self.routes.all() if r.instance_id == instance_id), None)
+        return route if route is not None and not route.asleep else None
 
     # -- authentication (the proxy's slow path, and the API's) ----------------
     async def _lookup_principal(self, kind: str, secret: str) -> Principal | None:
@@ -434,7 +479,7 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def running_instances(self, session: AsyncSession) -> list[Instance]:
-        rows = await session.execute(select(Instance).where(Instance.status.in_([s.value for s in ROUTED])))
+        rows = await session.execute(select(Instance).where(Instance.status.in_([s.value for s in ROUTED_OR_ASLEEP])))
         return list(rows.scalars())
 
 

@@ -108,6 +108,8 @@ async def start(settings: Settings, *, reconcile: bool = True, backends: dict[st
         strip_cookies=cookies.all, origin_cookie=cookies.origin,
         apps_domain=settings.apps_domain if hub.subdomains else None,
         hub_url=settings.public_url or "", trusted_proxies=settings.trusted_proxies,
+        wake=hub.wake, public_rate=settings.services.public_rate, public_burst=settings.services.public_burst,
+        wake_retry_after=settings.services.wake_retry_after_s,
     )
     await proxy.start(settings.host, settings.port)
     hub.public_url = proxy.hub_url.decode()

@@ -165,6 +165,17 @@ class StorageSettings(BaseModel):
     max_artifacts: int = Field(default=10_000, gt=0)  # files listed (and bundled) per job
 
 
+class ServicesSettings(BaseModel):
+    """Services (model-serving endpoints); env ``LABHUB_SERVICES__<FIELD>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public_rate: float = Field(default=10.0, gt=0)  # a public service's requests per second per client address
+    public_burst: float = Field(default=20.0, ge=1)  # ... and how many may come at once
+    wake_timeout_s: float = Field(default=120.0, gt=0)  # how long a request waits for a service scaled to zero
+    wake_retry_after_s: int = Field(default=10, ge=1)  # the Retry-After of the 503 when it did not start in time
+
+
 class Settings(BaseSettings):
     """Hub configuration.  Every field can be set as ``LABHUB_<FIELD>``."""
 
@@ -181,6 +192,7 @@ class Settings(BaseSettings):
     account_prefix: str = Field(default="labhub-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$")  # per-user system accounts
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
     runtimes_dir: Path | None = None  # built runtimes (virtualenvs instances run in); default <data_dir>/runtimes
     mlaas4hep_routes: bool = True  # MLaaS4HEP's /upload, /submit, /status_docker, ... (docs/jobs.md)
 

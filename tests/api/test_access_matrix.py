@@ -60,6 +60,7 @@ ADMIN = rule("admin")
 INSTANCE_TOKEN = rule(anonymous=(403,), other=(403,))  # only the instance's own secret
 MINE = rule("user", other=(404,), admin=(404,))  # per-user data (folders): anyone else finds no such thing
 JOB = rule("user", "admin", other=(403,), ok=(404,))  # a job's results, asked of a workspace: "only jobs have"
+SERVICE = rule("user", "admin", other=(403, 404), ok=(422,))  # a service's options, asked of a workspace: 422
 BEARER_ONLY = rule(*ROLES, ok=(401,))  # MLaaS4HEP's routes: never the session cookie
 
 # Every (method, path) of the app, and the proxied instance URLs.  Paths are the route table's templates.
@@ -82,6 +83,8 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/instances"): USER,
     ("GET", "/api/v1/instances/{instance_id}"): OWNER,
     ("DELETE", "/api/v1/instances/{instance_id}"): OWNER,
+    ("PATCH", "/api/v1/instances/{instance_id}"): SERVICE,
+    ("GET", "/api/v1/instances/{instance_id}/service"): JOB,  # 404 for a workspace: "only services have"
     ("GET", "/api/v1/instances/{instance_id}/events"): OWNER,
     ("GET", "/api/v1/instances/{instance_id}/logs"): OWNER,
     ("POST", "/api/v1/instances/{instance_id}/callhome"): INSTANCE_TOKEN,
@@ -185,6 +188,7 @@ JSON_BODIES = {
     ("POST", "/api/v1/tokens"): {"note": "matrix"},
     ("POST", "/api/v1/instances"): {"template": "jupyterlab", "name": "m{n}", "hours": 1},
     ("POST", "/api/v1/instances/{instance_id}/callhome"): {"host": "127.0.0.1", "port": 9},
+    ("PATCH", "/api/v1/instances/{instance_id}"): {"public": True},
     ("POST", "/api/v1/users"): {"name": "new{n}"},
     ("POST", "/api/v1/users:bulk"): {"users": [{"name": "bulk{n}-a"}, {"name": "bulk{n}-b"}]},
     ("PATCH", "/api/v1/users/{name}"): {"email": "m{n}@lab.example"},

@@ -18,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labhub import __version__
-from labhub.api import callhome, instances, jobs, misc
+from labhub.api import callhome, instances, jobs, misc, services
 from labhub.api.schemas import ErrorOut, error
 from labhub.hub import Hub
 from labhub.services.errors import Conflict, ServiceError
@@ -333,6 +333,7 @@ def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
     app.include_router(instances.router, prefix="/api/v1")
     app.include_router(callhome.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
+    app.include_router(services.router, prefix="/api/v1")
     # the rest is built when first needed (lazy) or now; middleware and error handlers are added here either
     # way, since Starlette fixes them when it builds its middleware stack on the first request
     if lazy:

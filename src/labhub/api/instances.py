@@ -21,6 +21,7 @@ from labhub.api.schemas import (
     EventOut,
     InstanceOut,
     LaunchRequest,
+    ServiceChange,
     Text,
     error,
     errors,
@@ -46,7 +47,8 @@ async def launch(body: LaunchRequest, user: InstancesUser, session: SessionDep, 
     inst = await svc.launch(
         session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
         template=body.template, name=body.name, size=body.size, hours=body.hours, params=body.params,
-        backend=body.backend, groups=await groups.names_of(session, user), input=body.input, now=hub.clock(),
+        backend=body.backend, groups=await groups.names_of(session, user), input=body.input, public=body.public,
+        min_replicas=body.min_replicas, now=hub.clock(),
     )
     await session.commit()
     return InstanceOut.of(inst, url=hub.instance_url(inst))
@@ -85,7 +87,7 @@ _LISTED = (Instance.id, Instance.name, Instance.kind, Instance.template, Instanc
            Instance.memory_mb, Instance.gpus, Instance.hours, Instance.params, Instance.backend, Instance.status,
            Instance.reason, Instance.message, Instance.created_at, Instance.started_at, Instance.ended_at,
            Instance.expires_at, Instance.last_activity_at, Instance.input_folder, Instance.exit_code,
-           Instance.output_bytes)
+           Instance.output_bytes, Instance.public, Instance.min_replicas)
 
 
 @functools.cache
@@ -122,7 +124,7 @@ def _listed(hub: Hub, row: Any) -> dict[str, Any]:
     """One row of :data:`_LISTED` (and the owner's name) as :class:`InstanceOut` writes it, field for field."""
     (iid, name, kind, template, size, cpus, memory_mb, gpus, hours, params, backend, status, reason, message,
      created_at, started_at, ended_at, expires_at, last_activity_at, input_folder, exit_code, output_bytes,
-     owner) = row
+     public, min_replicas, owner) = row
     return {
         "id": iid, "name": name, "owner": owner, "kind": kind, "template": template, "size": size,
         "resources": {"cpus": float(cpus), "memory_mb": memory_mb, "gpus": gpus}, "hours": float(hours),
@@ -130,13 +132,24 @@ def _listed(hub: Hub, row: Any) -> dict[str, Any]:
         "url": hub.instance_url(_Named(iid, name, SimpleNamespace(name=owner))),  # type: ignore[arg-type]
         "created_at": created_at, "started_at": started_at, "ended_at": ended_at, "expires_at": expires_at,
         "last_activity_at": last_activity_at, "input": input_folder, "exit_code": exit_code,
-        "artifacts_bytes": output_bytes,
+        "artifacts_bytes": output_bytes, "public": bool(public), "min_replicas": min_replicas,
     }
 
 
 @router.get("/{instance_id}", response_model=InstanceOut, summary="One instance", responses=ONE)
 async def get_instance(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> InstanceOut:
     inst = await svc.get_instance(session, user=user, instance_id=instance_id)
+    return InstanceOut.of(inst, url=hub.instance_url(inst))
+
+
+@router.patch("/{instance_id}", response_model=InstanceOut, summary="Change a service: public or not, may sleep or not",
+              responses={**ONE, **errors(409, 422)})
+async def change_instance(instance_id: Text, body: ServiceChange, user: InstancesUser, session: SessionDep,
+                          hub: HubDep) -> InstanceOut:
+    inst = await svc.change_service(session, user=user, instance_id=instance_id, public=body.public,
+                                    min_replicas=body.min_replicas, now=hub.clock())
+    await session.commit()
+    await hub.refresh_routes({inst.id})  # this replica's proxy at once (the others follow the change's notice)
     return InstanceOut.of(inst, url=hub.instance_url(inst))
 
 

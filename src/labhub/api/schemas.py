@@ -120,6 +120,18 @@ class LaunchRequest(RequestBody):
     params: dict[str, Any] = Field(default_factory=dict)
     backend: str | None = Field(default=None, max_length=32)
     input: str | None = Field(default=None, max_length=63, description="jobs: the folder (of yours) the job reads")
+    public: bool | None = Field(default=None, description="services: anyone may call its inference routes "
+                                                          "without a token (rate-limited)")
+    min_replicas: int | None = Field(default=None, description="services: 0 sleeps when idle and is woken by "
+                                                               "the next request; 1 keeps running (default: the "
+                                                               "template's)")
+
+
+class ServiceChange(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"public": True}, {"min_replicas": 0}]})
+
+    public: bool | None = Field(default=None, description="anyone may call its inference routes (rate-limited)")
+    min_replicas: int | None = Field(default=None, description="0: sleeps when idle; 1: keeps running")
 
 
 class Resources(BaseModel):
@@ -152,6 +164,8 @@ class InstanceOut(BaseModel):
     input: str | None = Field(default=None, description="jobs: the folder the job reads")
     exit_code: int | None = Field(default=None, description="jobs: how the process ended, once it has")
     artifacts_bytes: int | None = Field(default=None, description="jobs: what its artifacts hold, once it has ended")
+    public: bool = Field(default=False, description="services: its inference routes are open to anyone")
+    min_replicas: int = Field(default=1, description="services: 0 sleeps when idle (status `sleeping`)")
 
     @classmethod
     def of(cls, inst: Instance, *, url: str) -> InstanceOut:
@@ -162,7 +176,7 @@ class InstanceOut(BaseModel):
             reason=inst.reason, message=inst.message, url=url, created_at=inst.created_at,
             started_at=inst.started_at, ended_at=inst.ended_at, expires_at=inst.expires_at,
             last_activity_at=inst.last_activity_at, input=inst.input_folder, exit_code=inst.exit_code,
-            artifacts_bytes=inst.output_bytes,
+            artifacts_bytes=inst.output_bytes, public=bool(inst.public), min_replicas=inst.min_replicas,
         )
 
 

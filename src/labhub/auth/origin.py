@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from labhub.models import ACTIVE, ROUTED
+from labhub.models import ACTIVE, ROUTED, Status
 from labhub.services import origins
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class InstanceOriginGate:
         async with hub.tx() as session:
             inst = await origins.instance_for_label(session, label)
             found = None if inst is None else (inst.id, inst.owner_id, inst.owner.name, inst.name, inst.status)
-            routable = inst is not None and inst.status in ROUTED and bool(inst.upstream)
+            routable = inst is not None and ((inst.status in ROUTED and bool(inst.upstream))
+                                             or inst.status == Status.SLEEPING)
         if routable and found is not None:
             # Running, says the database, but this replica has no route yet (the notification is
             # on its way, or was lost): take it from the database and send the client round again.

@@ -136,6 +136,15 @@ class Listen(BaseModel):
         return self
 
 
+class ServiceOptions(BaseModel):
+    """How a ``kind: service`` template's instances scale (the launch may choose ``min_replicas``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: Literal[0, 1] = 1  # the launch default; 0: scaled to zero when idle, woken by the next request
+    idle_s: float = Field(default=900.0, gt=0)  # without requests this long, a service that may sleep sleeps
+
+
 class Template(BaseModel):
     """A catalog entry."""
 
@@ -160,6 +169,7 @@ class Template(BaseModel):
     slurm: SlurmOptions | None = None  # options for the Slurm backend (partition, constraint, #SBATCH)
     runtime: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")  # None: the hub's own environment
     input: Literal["none", "optional", "required"] = "none"  # jobs: whether they read a folder
+    service: ServiceOptions | None = None  # services: scaling (default: ServiceOptions())
     source: str = Field(default="", exclude=True)
 
     @field_validator("name")
@@ -184,6 +194,10 @@ class Template(BaseModel):
             raise ValueError("only job templates read an input folder")
         if self.kind == "job":
             self.ready_path = None  # a job is ready once it runs; it listens nowhere
+        if self.service is not None and self.kind != "service":
+            raise ValueError("only service templates have service options")
+        if self.kind == "service" and self.service is None:
+            self.service = ServiceOptions()
         return self
 
     def check_params(self, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -2,7 +2,7 @@
 
 from labhub.models.base import Base, UTCDateTime, utcnow
 from labhub.models.folder import Folder
-from labhub.models.instance import ACTIVE, ROUTED, TERMINAL, AuditEvent, Event, Instance, Kind, Status
+from labhub.models.instance import ACTIVE, ROUTED, ROUTED_OR_ASLEEP, TERMINAL, AuditEvent, Event, Instance, Kind, Status
 from labhub.models.origin import OriginGrant
 from labhub.models.replica import Replica
 from labhub.models.user import (
@@ -18,7 +18,7 @@ from labhub.models.user import (
 )
 
 __all__ = [
-    "ACTIVE", "ROUTED", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Folder", "Group", "Identity", "Instance", "Kind",
+    "ACTIVE", "ROUTED", "ROUTED_OR_ASLEEP", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Folder", "Group", "Identity", "Instance", "Kind",
     "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User",
     "UserStatus",
     "utcnow",

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from labhub.models.base import Base, UTCDateTime, utcnow
@@ -25,6 +25,7 @@ class Status(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     UNKNOWN = "unknown"  # backend unreachable; not killed, not forgotten
+    SLEEPING = "sleeping"  # a service scaled to zero: no process; the next request starts it again
     STOPPING = "stopping"
     STOPPED = "stopped"
     SUCCEEDED = "succeeded"
@@ -35,6 +36,7 @@ class Status(enum.StrEnum):
 TERMINAL = frozenset({Status.STOPPED, Status.SUCCEEDED, Status.FAILED, Status.EXPIRED})
 ACTIVE = frozenset(Status) - TERMINAL
 ROUTED = frozenset({Status.RUNNING, Status.UNKNOWN})  # the proxy has a route to these (once they have an address)
+ROUTED_OR_ASLEEP = ROUTED | {Status.SLEEPING}  # ... and a route that wakes these
 
 
 class Instance(Base):
@@ -85,6 +87,10 @@ class Instance(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     output_bytes: Mapped[int | None] = mapped_column(BigInteger)
     artifacts_expire_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # services: whether anyone may call its inference routes without a token (rate-limited), and
+    # whether it sleeps when idle (0: scaled to zero, woken by the next request) or keeps running (1)
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    min_replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     owner: Mapped[User] = relationship(lazy="joined")
 

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from . import responses
 from .exchange import Exchange, cookie_values
+from .routes import FULL, INFER, NONE, inference_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from .routes import Principal, Route
@@ -164,6 +165,7 @@ class Access:
         proto = ex.xfp.strip().lower() if ex.xfp is not None else s.scheme
         if proto not in (b"http", b"https"):
             proto = s.scheme
+        ex.client = client
         ex.proto = proto
         ex.fwd = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client, proto)
 
@@ -190,6 +192,38 @@ class Access:
 
     def _authorized(self, ex: Exchange, route: Route, principal: Principal | None) -> None:
         s = self.s
+        level = NONE if principal is None else principal.access(route)
+        if level == FULL and (principal.instance_id is not None or principal.browser) \
+                and not self._same_origin(ex):  # type: ignore[union-attr]
+            level = NONE  # another origin's page: it may use what anyone may, and no more
+            if not route.public:
+                self._respond(ex, 403, "cross-origin request refused")
+                return
+        if level != FULL and route.kind == "service" and (level == INFER or route.public):
+            if inference_request(ex.method, self._service_path(ex, route)):
+                if level == NONE:  # public: anyone, within the rate limit
+                    wait = s.public_limit.take((route.instance_id, ex.client or self.peer))
+                    if wait:
+                        self._respond(ex, 429, "too many requests to this public service", json_only=True,
+                                      extra=b"Retry-After: %d\r\n" % max(1, int(wait + 0.999)))
+                        return
+                level = INFER
+            elif level == INFER:
+                self._respond(ex, 403, "an infer token calls the service's inference routes only", json_only=True)
+                return
+        if level == NONE:
+            self._refuse(ex, route, principal)
+            return
+        route.last_activity = _wall()
+        if route.asleep:
+            self.task = asyncio.get_running_loop().create_task(self._wake(ex, route))
+            return
+        ex.key = route.upstream_key
+        ex.head = self._head(ex, route)
+        self._forward(ex)
+
+    def _refuse(self, ex: Exchange, route: Route, principal: Principal | None) -> None:
+        s = self.s
         if principal is None:
             if ex.method in _NAVIGATION and responses.wants_html(ex.accept):
                 if ex.on_origin:  # the hub grants access to this origin, then sends the browser back
@@ -201,20 +235,43 @@ class Access:
             else:
                 self._respond(ex, 401, "authentication required", json_only=True,
                               extra=b"WWW-Authenticate: Bearer\r\n")
+        elif principal.browser and principal.is_admin and principal.user_id != route.owner_id:
+            self._respond(ex, 403, "instances share the hub's origin here (path mode), so admins open other "
+                                   "users' instances with an API token, not in the browser")
+        elif principal.scopes == frozenset({"infer"}) and principal.user_id == route.owner_id:
+            self._respond(ex, 403, "an infer token calls services only", json_only=True)
+        else:
+            self._respond(ex, 403, "not your instance")
+
+    @staticmethod
+    def _service_path(ex: Exchange, route: Route) -> bytes:
+        """The request's path as the service sees it (on its own origin, or under its prefix)."""
+        if ex.on_origin:
+            return ex.url
+        return ex.url[len(route.prefix) - 1:]
+
+    async def _wake(self, ex: Exchange, route: Route) -> None:
+        """``route`` is a service scaled to zero: have the hub start it, hold the request until it
+        answers (bounded by the hub's wake timeout), then forward it; 503 with Retry-After if not."""
+        live = None
+        try:
+            if self.s.wake is not None:
+                live = await self.s.wake(route.instance_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("waking instance %s failed", route.instance_id)
+        self.task = None
+        if self.closed or ex is not self.active:
             return
-        if not principal.may_use(route):
-            if principal.browser and principal.is_admin:
-                self._respond(ex, 403, "instances share the hub's origin here (path mode), so admins open other "
-                                       "users' instances with an API token, not in the browser")
-            else:
-                self._respond(ex, 403, "not your instance")
+        if live is None or live.asleep:
+            self._respond(ex, 503, "the service is starting (it was scaled to zero); try again shortly",
+                          json_only=True, extra=b"Retry-After: %d\r\n" % self.s.wake_retry_after)
             return
-        if (principal.instance_id is not None or principal.browser) and not self._same_origin(ex):
-            self._respond(ex, 403, "cross-origin request refused")
-            return
-        route.last_activity = _wall()
-        ex.key = route.upstream_key
-        ex.head = self._head(ex, route)
+        live.last_activity = _wall()
+        ex.route = live
+        ex.key = live.upstream_key
+        ex.head = self._head(ex, live)
         self._forward(ex)
 
     def _same_origin(self, ex: Exchange) -> bool:

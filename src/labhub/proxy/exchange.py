@@ -69,6 +69,7 @@ class Exchange:
     xfp: bytes | None = None      # X-Forwarded-Proto, as the client sent it
     proto: bytes | None = None    # the scheme the browser used, when a trusted proxy said so
     fwd = b""                     # X-Forwarded-* for upstream, when a trusted proxy sent them
+    client: bytes | None = None   # the client's address as a trusted proxy gave it (else the peer's)
     origin_label: bytes | None = None  # for the hub: the instance origin this request came to
     on_origin = False             # an instance route reached on its own origin
     clen: bytes | None = None

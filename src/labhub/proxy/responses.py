@@ -16,6 +16,7 @@ REASONS: dict[int, bytes] = {
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",

@@ -10,12 +10,43 @@ data plane in front by implementing the same two interfaces.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 #: token scopes that may use instances
 USE_SCOPES = frozenset({"*", "instances", "admin"})
+#: the token scope that may only call services' inference routes (:func:`inference_request`)
+INFER_SCOPE = "infer"
+
+# How much of a route a caller may use (:meth:`Principal.access`).
+NONE, INFER, FULL = 0, 1, 2
+_INFER_METHODS = (b"GET", b"HEAD", b"POST")
+
+
+def inference_request(method: bytes, path: bytes) -> bool:
+    """Whether ``method path`` (the path on the service's origin, query included) is one of the
+    inference protocols' routes: what an ``infer`` token or, on a public service, anyone may ask.
+
+    Open Inference Protocol v2 and TF-Serving's v1 (reads and calls, not ``/v2/repository``'s model
+    loading), TFaaS's ``GET /models`` and ``POST /json``.  Not uploads, deletions, the default
+    version's switch or ``/metrics``: those are the owner's.
+    """
+    if method not in _INFER_METHODS:
+        return False
+    q = path.find(b"?")
+    if q >= 0:
+        path = path[:q]
+    if b"%" in path or b"/." in path or b"//" in path:  # nothing a plain client sends; no way around the list
+        return False
+    if path.startswith(b"/v2/"):
+        return not path.startswith(b"/v2/repository")
+    if path.startswith(b"/v1/models/") or path == b"/v2":
+        return True
+    if path == b"/models":
+        return method != b"POST"
+    return path == b"/json" and method == b"POST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +68,21 @@ class Principal:
     browser: bool = False
 
     def may_use(self, route: Route) -> bool:
-        """Owner, or admin (not through the browser on the hub's origin); the token must carry an instance-using scope."""
-        if not (self.scopes & USE_SCOPES):
-            return False
+        """Whether this caller may use ``route`` at all (:meth:`access` is not NONE)."""
+        return self.access(route) != NONE
+
+    def access(self, route: Route) -> int:
+        """FULL for the owner or an admin (not through the browser on the hub's origin) with an
+        instance-using scope; INFER for the owner's ``infer``-scoped token on a service (its
+        inference routes only); else NONE.  An origin's cookie opens its one instance."""
         if self.instance_id is not None:
-            return self.instance_id == route.instance_id
-        if self.user_id == route.owner_id:
-            return True
-        return self.is_admin and not self.browser
+            return FULL if self.instance_id == route.instance_id else NONE
+        mine = self.user_id == route.owner_id
+        if not (mine or (self.is_admin and not self.browser)):
+            return NONE
+        if self.scopes & USE_SCOPES:
+            return FULL
+        return INFER if mine and route.kind == "service" and INFER_SCOPE in self.scopes else NONE
 
 
 @dataclass(slots=True)
@@ -53,7 +91,9 @@ class Route:
 
     ``label`` is the first DNS label of the instance's own origin
     (``<label>.<apps domain>``); ``socket`` a Unix socket path when the instance
-    listens on one (then ``host``/``port`` are unused).
+    listens on one (then ``host``/``port`` are unused).  A service may be
+    ``public`` (its inference routes open to anyone, rate-limited) and
+    ``asleep`` (scaled to zero: no upstream until the proxy wakes it).
     """
 
     instance_id: str
@@ -66,6 +106,9 @@ class Route:
     last_activity: float = field(default=0.0)  # time.time() of last request
     label: str = ""
     socket: str | None = None
+    kind: str = "workspace"
+    public: bool = False
+    asleep: bool = False
 
     @property
     def prefix(self) -> str:
@@ -83,6 +126,7 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
         self._labels: dict[bytes, Route] = {}
+        self._waiting: dict[str, asyncio.Event] = {}  # instance id -> set when it has a live route
 
     def add(self, route: Route) -> None:
         """Add or replace the route of ``(owner, name)``.
@@ -100,6 +144,18 @@ class RouteTable:
         self._routes[(route.owner, route.name)] = route
         if key:
             self._labels[key] = route
+        if self._waiting and not route.asleep:
+            waiting = self._waiting.pop(route.instance_id, None)
+            if waiting is not None:
+                waiting.set()
+
+    def live_event(self, instance_id: str) -> asyncio.Event:
+        """An event set when a live (not asleep) route of ``instance_id`` is added; shared by all who wait."""
+        return self._waiting.setdefault(instance_id, asyncio.Event())
+
+    def forget_waiting(self, instance_id: str) -> None:
+        """Nobody waits for ``instance_id`` any more (it failed or timed out)."""
+        self._waiting.pop(instance_id, None)
 
     def remove(self, owner: str, name: str) -> Route | None:
         route = self._routes.pop((owner, name), None)

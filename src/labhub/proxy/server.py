@@ -20,11 +20,12 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .http import ClientProtocol
-from .routes import Authenticator, RouteTable
+from .limits import RateLimiter
+from .routes import Authenticator, Route, RouteTable
 from .upstream import UpstreamProtocol
 
 __all__ = ["ProxyServer"]
@@ -51,6 +52,8 @@ class ProxyServer:
     granted access; :meth:`start` fills it in from the bound port if empty.
     ``trusted_proxies`` (addresses or networks) are reverse proxies whose
     ``X-Forwarded-For``/``-Proto`` are believed; from anyone else they are replaced.
+    A request for a service scaled to zero (its route ``asleep``) waits for
+    ``wake`` (the hub starting it), else is answered 503 with ``Retry-After``.
     """
 
     def __init__(self, *, routes: RouteTable, auth: Authenticator,
@@ -67,8 +70,16 @@ class ProxyServer:
                  upstream_connect_timeout: float = 10.0,
                  idle_timeout: float = 300.0,
                  upstream_idle_timeout: float = 4.0,
-                 max_idle_per_upstream: int = 64) -> None:
+                 max_idle_per_upstream: int = 64,
+                 wake: Callable[[str], Awaitable[Route | None]] | None = None,
+                 public_rate: float = 10.0, public_burst: float = 20.0,
+                 wake_retry_after: int = 10) -> None:
         self.routes = routes
+        #: ``wake(instance_id)``: start a service scaled to zero; its live route, or None if it did not start
+        self.wake = wake
+        self.wake_retry_after = wake_retry_after
+        #: public services' requests per second per client address (and burst), beyond which 429
+        self.public_limit = RateLimiter(public_rate, public_burst)
         self.auth = auth
         if isinstance(hub_upstream, str):
             self.hub_key: Any = hub_upstream

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.backends.base import Observation, Phase
 from labhub.files import archive
-from labhub.models import Instance, Kind, Status
+from labhub.models import Folder, Instance, Kind, Status
 from labhub.services.folders import Folders
 from labhub.services.jobs import OUTPUT, JobFiles
 
@@ -65,21 +65,37 @@ def places(inst: Instance, jobs: JobFiles, folders: Folders) -> JobPlaces:
 Progress = Callable[[str], None]
 
 
-async def service_model(session: AsyncSession, inst: Instance, jobs: JobFiles) -> tuple[Path | None, str]:
-    """A service's ``model`` parameter (``JOB/PATH``: an artifact of one of its owner's jobs) as the
-    file to serve, or ``(None, why)``.  The file is its owner's account's, as the service is."""
+FOLDER_PREFIX = "folder:"
+
+
+async def service_model(session: AsyncSession, inst: Instance, jobs: JobFiles,
+                        folders: Folders) -> tuple[Path | None, str, tuple[Path, ...]]:
+    """A service's ``model`` parameter as the file to serve: ``JOB/PATH`` (an artifact of one of its
+    owner's jobs, which is its owner's account's file, as the service is) or ``folder:NAME/PATH`` (a
+    file uploaded into one of its owner's folders: the folder is made readable to the service).
+    Returns ``(path, "", readable)`` or ``(None, why, ())``."""
     ref = str((inst.params or {}).get("model") or "")
-    job_name, _, artifact = ref.partition("/")
+    in_folder = ref.startswith(FOLDER_PREFIX)
+    top, _, inner = ref.removeprefix(FOLDER_PREFIX).partition("/")
     try:
-        relative = archive.check_name(artifact)
+        relative = archive.check_name(inner)
     except archive.ArchiveError as exc:
-        return None, f"model: {exc}"
+        return None, f"model: {exc}", ()
+    if in_folder:
+        found = await session.scalar(select(Folder.id).where(Folder.owner_id == inst.owner_id, Folder.name == top))
+        if found is None:
+            return None, f"model: you have no folder named {top!r}", ()
+        directory = folders.path(inst.owner_id, top)
+        path = directory / relative
+        if not path.is_file() or path.is_symlink():
+            return None, f"model: folder {top!r} has no file {relative!r}", ()
+        return path, "", (directory,)
     job_id = await session.scalar(select(Instance.id).where(
-        Instance.owner_id == inst.owner_id, Instance.name == job_name, Instance.kind == Kind.JOB)
+        Instance.owner_id == inst.owner_id, Instance.name == top, Instance.kind == Kind.JOB)
         .order_by(Instance.created_at.desc()).limit(1))
     if job_id is None:
-        return None, f"model: you have no job named {job_name!r}"
+        return None, f"model: you have no job named {top!r}", ()
     path = jobs.output(job_id) / relative
     if not path.is_file() or path.is_symlink():
-        return None, f"model: job {job_name!r} has no artifact {relative!r}"
-    return path, ""
+        return None, f"model: job {top!r} has no artifact {relative!r}", ()
+    return path, "", ()

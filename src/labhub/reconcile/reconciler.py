@@ -72,7 +72,7 @@ REPLICA_FORGOTTEN = dt.timedelta(days=1)
 # What a pass needs of each active instance: columns, not ORM objects (thousands per pass).
 PASS_COLUMNS = (Instance.id, Instance.status, Instance.backend, Instance.handle, Instance.expires_at, Instance.kind,
                 Instance.upstream, Instance.template, Instance.last_activity_at, Instance.started_at,
-                Instance.created_at)
+                Instance.created_at, Instance.min_replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,14 +335,15 @@ class Reconciler:
                                                 reserved=frozenset({group_name(prefix)}))
                 job = jobs.places(inst, launch.jobs, launch.folders) if kind == Kind.JOB else None
                 resolved: dict[str, Any] = {}
+                readable = job.readable if job else ()
                 if kind == Kind.SERVICE and "model" in (inst.params or {}):
-                    model, why_not = await jobs.service_model(session, inst, launch.jobs)
+                    model, why_not, readable = await jobs.service_model(session, inst, launch.jobs, launch.folders)
                     resolved["model"] = str(model) if model is not None else ""
                 spec = build_spec(inst, template, owner=owner, token=launch.instance_token(inst.id),
                                   home=job.home if job else launch.home_for(owner),
                                   base_url=launch.base_path(owner, inst.name), backend=backend, account=account,
                                   extra_env=job.env if job else None, dirs=job.dirs if job else (),
-                                  readable=job.readable if job else (), params=resolved)
+                                  readable=readable, params=resolved)
             ready_path = template.ready_path if template else None
             timeout = (template.start_timeout if template and template.start_timeout else None) \
                 or parts.settings.start_timeout
@@ -632,13 +633,25 @@ class Reconciler:
             return
         final = FINAL_FOR_STOP_REASON.get(why, Status.STOPPED)
         message = {"expired": "expired: its duration ran out", "idle": "stopped: idle for too long",
-                   "admin": "stopped by an admin", "user": "stopped by the owner"}.get(why, f"stopped ({why})")
-        await self._apply(instance_id, final, why or "stopped", message)
+                   "admin": "stopped by an admin", "user": "stopped by the owner",
+                   "scale_to_zero": "scaled to zero: idle; the next request starts it again"}.get(why, f"stopped ({why})")
+        values = {"handle": None, "upstream": None} if final == Status.SLEEPING else None
+        if await self._apply(instance_id, final, why or "stopped", message, values=values) == Status.SLEEPING:
+            await self._route_again(instance_id)
         if why == "user_deleted":
             self.wake_deletions()
 
+    async def _route_again(self, instance_id: str) -> None:
+        """Give the proxy the instance's route as the database now has it (a sleeping service's wakes it)."""
+        async with self.parts.sessions() as session:
+            inst = await session.get(Instance, instance_id)
+            route = self.parts.route_for(inst) if inst is not None else None
+        if route is not None:
+            self.parts.routes.add(route)
+
     async def _cull_idle(self, now: dt.datetime, running: list[Any]) -> None:
-        """Stop this replica's running instances idle for longer than their template allows.
+        """Stop this replica's running instances idle for longer than their template allows, and
+        put to sleep (scale to zero) the services that may sleep and had no request for ``idle_s``.
 
         Activity is the latest of what any replica's proxy saw (flushed to the database)
         and what this one saw since its last flush."""
@@ -646,17 +659,21 @@ class Reconciler:
         idle = []
         for inst in running:
             template = catalog.get(inst.template)
-            if inst.status == Status.RUNNING and template is not None and template.idle_timeout_hours is not None:
-                idle.append((inst, template.idle_timeout_hours))
+            if inst.status != Status.RUNNING or template is None:
+                continue
+            if template.service is not None and inst.min_replicas == 0:
+                idle.append((inst, template.service.idle_s, "scale_to_zero"))
+            elif template.idle_timeout_hours is not None:
+                idle.append((inst, template.idle_timeout_hours * 3600, "idle"))
         if not idle:
             return
         local = {r.instance_id: r.last_activity for r in self.parts.routes.all()}
-        for inst, hours in idle:
+        for inst, seconds, why in idle:
             seen = [(inst.started_at or inst.created_at).timestamp(), local.get(inst.id, 0.0)]
             if inst.last_activity_at is not None:
                 seen.append(inst.last_activity_at.timestamp())
-            if now.timestamp() - max(seen) > hours * 3600:
-                await self._request_stop(inst.id, "idle")
+            if now.timestamp() - max(seen) > seconds:
+                await self._request_stop(inst.id, why)
 
     async def flush_activity(self) -> None:
         """Write this replica's proxy's last-activity times to the database (never backwards:

@@ -12,7 +12,7 @@ from labhub.models import ApiToken, LoginSession, User, UserStatus, utcnow
 from labhub.services import security
 from labhub.services.errors import Invalid, NotFound
 
-SCOPES = frozenset({"*", "read", "instances", "jobs", "admin"})
+SCOPES = frozenset({"*", "read", "instances", "jobs", "infer", "admin"})
 """``*``: everything the user can do; ``read``: safe methods only; ``instances``: launch, list, stop
 and use instances; ``jobs``: jobs (reserved); ``admin``: admin actions (admins only)."""
 

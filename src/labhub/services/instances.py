@@ -17,9 +17,9 @@ from sqlalchemy.orm.exc import StaleDataError
 from labhub.backends.base import Backend, Capability, LaunchSpec, Resources
 from labhub.catalog import Catalog, Template
 from labhub.catalog.schema import NAME_RE
-from labhub.models import ACTIVE, Event, Folder, Instance, Status, User, utcnow
+from labhub.models import ACTIVE, TERMINAL, AuditEvent, Event, Folder, Instance, Kind, Status, User, utcnow
 from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
-from labhub.services.lifecycle import can_transition, record_event, transition
+from labhub.services.lifecycle import can_transition, note, record_event, transition
 from labhub.settings import Size
 
 NAME_RULE = "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-', without '--'"
@@ -93,6 +93,8 @@ async def launch(
     backend: str | None = None,
     groups: set[str] | None = None,
     input: str | None = None,  # noqa: A002 - the API's field name
+    public: bool | None = None,
+    min_replicas: int | None = None,
     now: dt.datetime | None = None,
 ) -> Instance:
     """Validate a launch request and record it as ``requested``.
@@ -126,6 +128,7 @@ async def launch(
         found = await session.execute(select(Folder.id).where(Folder.owner_id == user.id, Folder.name == input))
         if found.first() is None:
             errors["input"] = f"you have no folder named {input!r}"
+    errors.update(_service_fields(tpl, public, min_replicas))
     if errors:
         raise Invalid("invalid launch request", fields=errors)
 
@@ -146,6 +149,8 @@ async def launch(
         hours=hours,
         params=values,
         input_folder=input,
+        public=bool(public),
+        min_replicas=tpl.service.min_replicas if tpl.service and min_replicas is None else (min_replicas or 0),
         backend=backend_name,
         status=Status.REQUESTED,
         created_at=now,
@@ -171,6 +176,57 @@ async def launch(
     session.add(event)
     record_event(session, event, owner_id=user.id)
     return instance
+
+
+def _service_fields(tpl: Template | None, public: bool | None, min_replicas: int | None) -> dict[str, str]:
+    """Field errors of a service's options given to something that is not a service, or out of range."""
+    errors = {}
+    if tpl is not None and tpl.kind != "service":
+        if public:
+            errors["public"] = "only services can be public"
+        if min_replicas is not None:
+            errors["min_replicas"] = "only services scale"
+    elif min_replicas not in (None, 0, 1):
+        errors["min_replicas"] = "must be 0 (sleep when idle, woken by the next request) or 1 (keep running)"
+    return errors
+
+
+async def change_service(session: AsyncSession, *, user: User, instance_id: str, public: bool | None,
+                         min_replicas: int | None, now: dt.datetime) -> Instance:
+    """Make a service public or private, or change whether it may sleep: the owner's (or an admin's)
+    call, audited.  A sleeping service that may no longer sleep is woken."""
+    instance = await get_instance(session, user=user, instance_id=instance_id)
+    if instance.kind != Kind.SERVICE:
+        field = "public" if public is not None else "min_replicas"
+        raise Invalid("not a service", fields={field: "only services have this option"})
+    if errors := _service_fields(None, public, min_replicas):
+        raise Invalid("invalid change", fields=errors)
+    if instance.status in TERMINAL:
+        raise Conflict("the service has ended", fields={"status": instance.status})
+    changed = {}
+    if public is not None and public != instance.public:
+        instance.public = changed["public"] = public
+    if min_replicas is not None and min_replicas != instance.min_replicas:
+        instance.min_replicas = changed["min_replicas"] = min_replicas
+        if min_replicas > 0 and instance.status == Status.SLEEPING:
+            transition(session, instance, Status.REQUESTED, reason="woken", message="woken: it may no longer sleep",
+                       now=now)
+    if changed:
+        session.add(AuditEvent(actor=user.name, action="service.change",
+                               target=f"{instance.owner.name}/{instance.name}", detail=changed))
+        note(session, instance, reason="changed", message=_describe_change(changed, user, instance), now=now)
+    return instance
+
+
+def _describe_change(changed: dict[str, Any], user: User, instance: Instance) -> str:
+    parts = []
+    if "public" in changed:
+        parts.append("made public: anyone may call its inference routes (rate-limited)" if changed["public"]
+                     else "made private: callers need a token")
+    if "min_replicas" in changed:
+        parts.append("may sleep when idle" if changed["min_replicas"] == 0 else "keeps running when idle")
+    by = "" if user.id == instance.owner_id else f" (by admin {user.name})"
+    return "; ".join(parts) + by
 
 
 async def get_instance(session: AsyncSession, *, user: User, instance_id: str) -> Instance:

@@ -28,7 +28,8 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     S.STARTING: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.STOPPING, S.UNKNOWN, S.SUCCEEDED}),
     S.RUNNING: frozenset({S.STOPPING, S.STOPPED, S.FAILED, S.SUCCEEDED, S.UNKNOWN}),
     S.UNKNOWN: frozenset({S.QUEUED, S.STARTING, S.RUNNING, S.FAILED, S.SUCCEEDED, S.STOPPING}),
-    S.STOPPING: frozenset({S.STOPPED, S.EXPIRED, S.FAILED, S.SUCCEEDED}),
+    S.STOPPING: frozenset({S.STOPPED, S.EXPIRED, S.FAILED, S.SUCCEEDED, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.REQUESTED, S.STOPPING}),  # woken by a request; stopped, deleted or expired
     S.STOPPED: frozenset(),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
@@ -43,7 +44,7 @@ LOG_MARKER = "\n--- last log lines ---\n"  # what labhub.services.views.LOG_MARK
 MESSAGE_CUT = "[… earlier output cut]\n"  # where the start of a message's log lines was left out
 
 # Why an instance is being stopped -> the status it ends in.
-FINAL_FOR_STOP_REASON = {"expired": S.EXPIRED}
+FINAL_FOR_STOP_REASON = {"expired": S.EXPIRED, "scale_to_zero": S.SLEEPING}
 
 
 class InvalidTransition(Exception):

@@ -180,7 +180,8 @@ async def user_path(owner: str, name: str, path: str, request: Request, hub: Hub
     if not origins.may_open(user, inst):
         raise Forbidden("not your instance")
     html = "text/html" in request.headers.get("accept", "")
-    running = inst.status in (Status.RUNNING, Status.UNKNOWN) and hub.routes.get(owner, name) is not None
+    # a sleeping service counts: its origin's next request wakes it
+    running = inst.status in (Status.RUNNING, Status.UNKNOWN, Status.SLEEPING) and hub.routes.get(owner, name) is not None
     if hub.subdomains and running:
         rest = "/" + path + (f"?{request.url.query}" if request.url.query else "")
         if token:
