@@ -181,3 +181,22 @@ async def test_the_mlaas4hep_routes_can_be_switched_off(start_hub, sqlite_url):
     assert (await alice.http.post("/upload", params={"name": "x"}, content=b"1")).status_code == 404
     assert (await alice.http.get("/status_docker", params={"process_name": "x_1"})).status_code == 404
     assert (await alice.http.post("/api/v1/folders/x/upload", params={"filename": "f"}, content=b"1")).status_code == 201
+
+
+async def test_a_model_file_that_is_a_zip_inside_is_kept_as_it_is(hub):
+    """.keras and .skops files are zip archives: "auto" must not unpack them (extract=yes still may)."""
+    alice = await hub.user("alice")
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as zf:
+        zf.writestr("config.json", "{}")
+    for name in ("net.keras", "clf.SKOPS"):
+        kept = await alice.http.post("/api/v1/folders/models/upload", params={"filename": name},
+                                     content=packed.getvalue())
+        assert kept.status_code == 201, kept.text
+    files = (await alice.http.get("/api/v1/folders/models")).json()["items"]
+    assert sorted(f["path"] for f in files) == ["clf.SKOPS", "net.keras"]
+    unpacked = await alice.http.post("/api/v1/folders/unpacked/upload", params={"filename": "net.keras",
+                                                                                 "extract": "yes"},
+                                     content=packed.getvalue())
+    assert unpacked.status_code == 201
+    assert [f["path"] for f in (await alice.http.get("/api/v1/folders/unpacked")).json()["items"]] == ["config.json"]

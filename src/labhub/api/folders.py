@@ -99,7 +99,9 @@ async def upload_into(request: Request, hub: Hub, owner_id: int, name: str, *, f
 async def upload(
     name: Text, request: Request, caller: FoldersCaller, hub: HubDep,
     filename: Annotated[Text | None, Query(max_length=255, description="the file's name in the folder")] = None,
-    extract: Annotated[Literal["auto", "yes", "no"], Query(description="auto: archives are extracted")] = "auto",
+    extract: Annotated[Literal["auto", "yes", "no"], Query(
+        description="auto: archives are extracted, except files named as a zip-based format of their own "
+                    "(.keras, .skops, .pt, .npz, ...)")] = "auto",
     strip_top: Annotated[bool, Query(description="an archive holding one top directory: its contents")] = False,
 ) -> UploadOut:
     # No session is held while the body streams in: the caller comes from the authenticator's cache.

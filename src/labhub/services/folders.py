@@ -35,6 +35,10 @@ from labhub.services.errors import Conflict, Invalid, NotFound, TooLarge
 from labhub.settings import StorageSettings
 
 FOLDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Files that are zip archives inside but a format of their own (models, notebooks' data, office files):
+# "auto" keeps them as they are; only extract=yes unpacks them.
+ZIP_FORMATS = (".keras", ".skops", ".pt", ".pth", ".torchscript", ".npz", ".whl", ".jar", ".docx", ".xlsx",
+               ".pptx", ".odt", ".ods")
 FOLDER_NAME_RULE = "must be 1-63 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"
 Tx = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -184,7 +188,8 @@ class Folders:
     @staticmethod
     def _unpack(received: Path, staged: Path, limits: archive.Limits, filename: str | None,
                 extract: bool | None, strip_top: bool) -> archive.Report:
-        kind = archive.kind(received) if extract is not False else None
+        kept = extract is None and bool(filename) and filename.lower().endswith(ZIP_FORMATS)  # type: ignore[union-attr]
+        kind = archive.kind(received) if extract is not False and not kept else None
         try:
             if kind is not None:
                 return archive.extract(received, staged, limits, strip_top=strip_top)
