@@ -55,7 +55,7 @@ TEMPLATE = {
     "command": ["python3", "-c", ECHO],
     "listen": {"socket": ["{socket}"]},
     "ready_path": "v2/health/ready",
-    "service": {"min_replicas": 1, "idle_s": 30},
+    "service": {"min_replicas": 1, "idle_s": 30, "max_replicas": 2},
 }
 INFER = "/v2/models/echo/infer"
 
@@ -151,8 +151,10 @@ async def test_infer_tokens_open_no_workspace_and_no_api(hub, tmp_path):
     api = hub.client(headers={"Authorization": f"Bearer {secret}"})
     assert (await api.get("/api/v1/instances")).status_code == 403
     assert (await api.post("/api/v1/instances", json={"template": "echo", "name": "x"})).status_code == 403
-    refused = await alice.http.post("/api/v1/instances", json={"template": "echo", "name": "x", "min_replicas": 2})
-    assert refused.status_code == 422 and "min_replicas" in refused.json()["fields"]
+    refused = await alice.http.post("/api/v1/instances", json={"template": "echo", "name": "x", "min_replicas": 2,
+                                                               "replicas": 3})
+    assert refused.status_code == 422 and set(refused.json()["fields"]) == {"min_replicas", "replicas"}
+    assert refused.json()["fields"]["replicas"] == "must be 1 to 2"
 
 
 async def test_an_idle_service_sleeps_and_the_next_request_wakes_it(hub, clock):

@@ -48,7 +48,7 @@ async def launch(body: LaunchRequest, user: InstancesUser, session: SessionDep, 
         session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
         template=body.template, name=body.name, size=body.size, hours=body.hours, params=body.params,
         backend=body.backend, groups=await groups.names_of(session, user), input=body.input, public=body.public,
-        min_replicas=body.min_replicas, now=hub.clock(),
+        min_replicas=body.min_replicas, replicas=body.replicas, now=hub.clock(),
     )
     await session.commit()
     return InstanceOut.of(inst, url=hub.instance_url(inst))
@@ -87,7 +87,7 @@ _LISTED = (Instance.id, Instance.name, Instance.kind, Instance.template, Instanc
            Instance.memory_mb, Instance.gpus, Instance.hours, Instance.params, Instance.backend, Instance.status,
            Instance.reason, Instance.message, Instance.created_at, Instance.started_at, Instance.ended_at,
            Instance.expires_at, Instance.last_activity_at, Instance.input_folder, Instance.exit_code,
-           Instance.output_bytes, Instance.public, Instance.min_replicas)
+           Instance.output_bytes, Instance.public, Instance.min_replicas, Instance.replicas)
 
 
 @functools.cache
@@ -124,7 +124,7 @@ def _listed(hub: Hub, row: Any) -> dict[str, Any]:
     """One row of :data:`_LISTED` (and the owner's name) as :class:`InstanceOut` writes it, field for field."""
     (iid, name, kind, template, size, cpus, memory_mb, gpus, hours, params, backend, status, reason, message,
      created_at, started_at, ended_at, expires_at, last_activity_at, input_folder, exit_code, output_bytes,
-     public, min_replicas, owner) = row
+     public, min_replicas, replicas, owner) = row
     return {
         "id": iid, "name": name, "owner": owner, "kind": kind, "template": template, "size": size,
         "resources": {"cpus": float(cpus), "memory_mb": memory_mb, "gpus": gpus}, "hours": float(hours),
@@ -133,6 +133,7 @@ def _listed(hub: Hub, row: Any) -> dict[str, Any]:
         "created_at": created_at, "started_at": started_at, "ended_at": ended_at, "expires_at": expires_at,
         "last_activity_at": last_activity_at, "input": input_folder, "exit_code": exit_code,
         "artifacts_bytes": output_bytes, "public": bool(public), "min_replicas": min_replicas,
+        "replicas": replicas,
     }
 
 

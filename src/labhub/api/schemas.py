@@ -127,6 +127,10 @@ class LaunchRequest(RequestBody):
                                                                "template's)")
 
 
+    replicas: int | None = Field(default=None, description="services: how many processes serve it (the proxy "
+                                                           "spreads requests over them), each of its size")
+
+
 class ServiceChange(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"public": True}, {"min_replicas": 0}]})
 
@@ -166,6 +170,7 @@ class InstanceOut(BaseModel):
     artifacts_bytes: int | None = Field(default=None, description="jobs: what its artifacts hold, once it has ended")
     public: bool = Field(default=False, description="services: its inference routes are open to anyone")
     min_replicas: int = Field(default=1, description="services: 0 sleeps when idle (status `sleeping`)")
+    replicas: int = Field(default=1, description="services: processes serving it")
 
     @classmethod
     def of(cls, inst: Instance, *, url: str) -> InstanceOut:
@@ -177,6 +182,7 @@ class InstanceOut(BaseModel):
             started_at=inst.started_at, ended_at=inst.ended_at, expires_at=inst.expires_at,
             last_activity_at=inst.last_activity_at, input=inst.input_folder, exit_code=inst.exit_code,
             artifacts_bytes=inst.output_bytes, public=bool(inst.public), min_replicas=inst.min_replicas,
+            replicas=inst.replicas,
         )
 
 

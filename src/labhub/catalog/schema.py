@@ -143,6 +143,7 @@ class ServiceOptions(BaseModel):
 
     min_replicas: Literal[0, 1] = 1  # the launch default; 0: scaled to zero when idle, woken by the next request
     idle_s: float = Field(default=900.0, gt=0)  # without requests this long, a service that may sleep sleeps
+    max_replicas: int = Field(default=1, ge=1, le=64)  # the most processes a launch may ask for ({replicas})
 
 
 class Template(BaseModel):
@@ -222,8 +223,9 @@ class Template(BaseModel):
                 values[param.name] = value
         return values, errors
 
-    def render(self, values: dict[str, Any], *, unix_socket: bool = False) -> tuple[list[str], dict[str, str]]:
-        """The command and env with ``{param:NAME}`` filled in (argv elements, no shell).
+    def render(self, values: dict[str, Any], *, unix_socket: bool = False,
+               replicas: int = 1) -> tuple[list[str], dict[str, str]]:
+        """The command and env with ``{param:NAME}`` and ``{replicas}`` filled in (argv elements, no shell).
 
         ``unix_socket``: the backend can give the instance a Unix socket; the
         ``listen.socket`` arguments are appended when the template has them,
@@ -231,7 +233,8 @@ class Template(BaseModel):
         """
 
         def fill(text: str) -> str:
-            return _PARAM_REF.sub(lambda m: _as_text(values.get(m.group(1))), text)
+            return _PARAM_REF.sub(lambda m: _as_text(values.get(m.group(1))), text).replace("{replicas}",
+                                                                                           str(replicas))
 
         command = list(self.command)
         if self.listen is not None:

@@ -350,7 +350,7 @@ def token_issue(
     name: str,
     note: Annotated[str, typer.Option(help="what the token is for")] = "issued by labhub token issue",
     expires_in_days: Annotated[float | None, typer.Option(help="expiry in days (default: never)")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="scope (repeatable): read, instances, jobs, admin")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="scope (repeatable): read, instances, jobs, infer (call services only), admin")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Print a new API token for user NAME."""

@@ -91,6 +91,7 @@ class Instance(Base):
     # whether it sleeps when idle (0: scaled to zero, woken by the next request) or keeps running (1)
     public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     min_replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # processes serving it, each of its size
 
     owner: Mapped[User] = relationship(lazy="joined")
 

@@ -55,7 +55,8 @@ def build_spec(
     input and output places) wins over the template's ``env``.
     """
     unix = Capability.UNIX_SOCKET in backend.capabilities
-    command, env = template.render({**(instance.params or {}), **(params or {})}, unix_socket=unix)
+    command, env = template.render({**(instance.params or {}), **(params or {})}, unix_socket=unix,
+                                   replicas=instance.replicas or 1)
     env = {**env, **(extra_env or {}), "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token,
            "JUPYTER_TOKEN": token}
     return LaunchSpec(
@@ -95,6 +96,7 @@ async def launch(
     input: str | None = None,  # noqa: A002 - the API's field name
     public: bool | None = None,
     min_replicas: int | None = None,
+    replicas: int | None = None,
     now: dt.datetime | None = None,
 ) -> Instance:
     """Validate a launch request and record it as ``requested``.
@@ -129,11 +131,15 @@ async def launch(
         if found.first() is None:
             errors["input"] = f"you have no folder named {input!r}"
     errors.update(_service_fields(tpl, public, min_replicas))
+    if replicas is not None and (tpl.service is None or not 1 <= replicas <= tpl.service.max_replicas):
+        errors["replicas"] = (f"must be 1 to {tpl.service.max_replicas}" if tpl.service
+                              else "only services have replicas")
     if errors:
         raise Invalid("invalid launch request", fields=errors)
 
     assert backend_name is not None
     preset = sizes[size]
+    count = replicas or 1  # each replica has the size: the instance holds their sum
     now = now or utcnow()
     instance = Instance(
         id=uuid.uuid4().hex,
@@ -143,14 +149,15 @@ async def launch(
         template=tpl.name,
         kind=tpl.kind,
         size=size,
-        cpus=preset.cpus,
-        memory_mb=preset.memory_mb,
-        gpus=preset.gpus,
+        cpus=preset.cpus * count,
+        memory_mb=preset.memory_mb * count,
+        gpus=preset.gpus * count,
+        replicas=count,
         hours=hours,
         params=values,
         input_folder=input,
         public=bool(public),
-        min_replicas=tpl.service.min_replicas if tpl.service and min_replicas is None else (min_replicas or 0),
+        min_replicas=min_replicas if min_replicas is not None else (tpl.service.min_replicas if tpl.service else 1),
         backend=backend_name,
         status=Status.REQUESTED,
         created_at=now,
@@ -171,7 +178,8 @@ async def launch(
         await session.flush()
     except IntegrityError as exc:  # a concurrent launch with the same name won the race
         raise Conflict("name already in use", fields={"name": f"you already have an instance named {name!r}"}) from exc
-    transition_msg = f"{tpl.title} requested: size {size}, {hours:g} h, on {backend_name}"
+    each = f" x {count} replicas" if count > 1 else ""
+    transition_msg = f"{tpl.title} requested: size {size}{each}, {hours:g} h, on {backend_name}"
     event = Event(instance_id=instance.id, at=now, status=Status.REQUESTED, reason="requested", message=transition_msg)
     session.add(event)
     record_event(session, event, owner_id=user.id)

@@ -1,4 +1,4 @@
-"""services: a service's public flag and whether it scales to zero
+"""services: a service's public flag, whether it scales to zero, how many replicas serve it
 
 Additive only (columns with server defaults), so replicas of the previous version keep
 working while this runs (see docs/operations.md).
@@ -21,9 +21,11 @@ def upgrade() -> None:
     with op.batch_alter_table("instances") as batch:
         batch.add_column(sa.Column("public", sa.Boolean(), server_default=sa.false(), nullable=False))
         batch.add_column(sa.Column("min_replicas", sa.Integer(), server_default="1", nullable=False))
+        batch.add_column(sa.Column("replicas", sa.Integer(), server_default="1", nullable=False))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("instances") as batch:
+        batch.drop_column("replicas")
         batch.drop_column("min_replicas")
         batch.drop_column("public")
