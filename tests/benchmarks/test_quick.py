@@ -27,19 +27,24 @@ FIGURES = {
 NO_PEER = {"takeover_100", "scale_5000_tick_p50", "scale_5000_tick_max", "scale_5000_rss", "scale_5000_api_p99"}
 # the jobs group: no peer either (JupyterHub has no folders or jobs); the Slurm figure needs root and slurm-wlm
 JOBS = {"upload_extract_ratio", "upload_rss_growth_mib", "job_start_overhead_local_s", "job_start_overhead_slurm_s"}
-NO_PEER = NO_PEER | JOBS
+# the services group: no peer (JupyterHub serves no models); it needs the serve runtime (built if missing)
+SERVICES = {"service_infer_throughput", "service_infer_added_latency_p50", "service_cold_start"}
+NO_PEER = NO_PEER | JOBS | SERVICES
 FIGURES = FIGURES | NO_PEER | {"api_cpu_health", "api_cpu_me", "api_cpu_instances", "api_cpu_templates"}
-NEEDS = {"takeover_100": "PostgreSQL unavailable", "job_start_overhead_slurm_s": "Slurm unavailable"}
+NEEDS = {"takeover_100": "PostgreSQL unavailable", "job_start_overhead_slurm_s": "Slurm unavailable",
+         **dict.fromkeys(SERVICES, "serve runtime unavailable")}
 KEYS = {"name", "unit", "labhub", "peer", "baseline", "ratio", "target", "meets"}
 WITH_BASELINE = {"launch_single", "launch_concurrent", "memory_per_workspace", "proxy_throughput",
                  "proxy_added_latency_p50", "proxy_latency_p99", "proxy_cpu_per_request", "ws_echo_rtt_p50",
-                 "ws_handshake", "upload_extract_ratio", "job_start_overhead_local_s", "job_start_overhead_slurm_s"}
+                 "ws_handshake", "upload_extract_ratio", "job_start_overhead_local_s", "job_start_overhead_slurm_s",
+                 *SERVICES}
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_quick_mode_writes_every_figure(tmp_path: Path) -> None:
+    # ~2.5 minutes on 2 cores; the services group first builds the serve runtime if the tests' cache lacks it (minutes)
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "latest.json").read_text())
     md = (tmp_path / "latest.md").read_text()

@@ -143,7 +143,19 @@ def test_tf_serving_predict(server: Server, models: tuple[Path, dict[str, Any]])
     assert (status, body["outputs"]["logits"]) == (200, f32(expected["onnx"]["logits"]).tolist())
     assert post_json(f"{server.url}/v1/models/clf:predict", {"instances": x}) == \
         (200, {"predictions": expected["sklearn"]})
-    assert curl(f"{server.url}/v1/models/higgs") == (200, {"name": "higgs", "ready": True})
+
+
+def test_tf_serving_model_status(server: Server) -> None:
+    """TF-Serving's GetModelStatus: one entry per version, or the one a /versions/V path names."""
+    def available(version: str) -> dict[str, Any]:
+        return {"version": version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+
+    assert curl(f"{server.url}/v1/models/higgs") == (200, {"model_version_status": [available("1"), available("2")]})
+    assert curl(f"{server.url}/v1/models/higgs/versions/2") == (200, {"model_version_status": [available("2")]})
+    assert curl(f"{server.url}/v1/models/tiny") == (200, {"model_version_status": [available("1")]})
+    for missing in ("higgs/versions/3", "nope"):
+        status, body = curl(f"{server.url}/v1/models/{missing}")
+        assert status == 404 and set(body) == {"error"}, body
 
 
 def test_tfaas_models_and_json(server: Server, models: tuple[Path, dict[str, Any]]) -> None:
@@ -204,11 +216,17 @@ def test_requests_the_models_cannot_take_are_400s_with_the_protocol_error_body(s
     assert post_json(f"{server.url}/v2/models/higgs/versions/9/infer", {"inputs": []})[0] == 404
 
 
-def test_models_cannot_be_unloaded_or_loaded(server: Server) -> None:
+def test_models_cannot_be_unloaded_or_loaded(server: Server, models: tuple[Path, dict[str, Any]]) -> None:
+    """kserve's repository extension never; uploads and deletes only with a --store, which this server has not."""
     for action in ("unload", "load"):
         status, body = curl("-X", "POST", f"{server.url}/v2/repository/models/higgs/{action}")
         assert status == 403 and set(body) == {"error"}
+    status, body = curl("-F", "name=extra", "-F", f"file=@{models[0] / 'tiny.onnx'}", f"{server.url}/upload")
+    assert status == 403 and "--store" in body["error"], body
+    status, body = curl("-X", "DELETE", "--data-binary", '{"model": "higgs", "version": "2"}', f"{server.url}/delete")
+    assert status == 403 and "--store" in body["error"], body
     assert curl(f"{server.url}/v2/models/higgs/ready") == (200, {"name": "higgs", "ready": True})
+    assert [entry["name"] for entry in curl(f"{server.url}/models")[1]] == ["clf", "higgs", "pickled", "tiny"]
 
 
 # ---------------------------------------------------------------- where it listens, how it stops

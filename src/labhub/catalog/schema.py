@@ -223,9 +223,10 @@ class Template(BaseModel):
                 values[param.name] = value
         return values, errors
 
-    def render(self, values: dict[str, Any], *, unix_socket: bool = False,
-               replicas: int = 1) -> tuple[list[str], dict[str, str]]:
-        """The command and env with ``{param:NAME}`` and ``{replicas}`` filled in (argv elements, no shell).
+    def render(self, values: dict[str, Any], *, unix_socket: bool = False, replicas: int = 1,
+               instance: str = "") -> tuple[list[str], dict[str, str]]:
+        """The command and env with ``{param:NAME}``, ``{replicas}`` and ``{instance}`` (its name) filled in
+        (argv elements, no shell).
 
         ``unix_socket``: the backend can give the instance a Unix socket; the
         ``listen.socket`` arguments are appended when the template has them,
@@ -233,8 +234,8 @@ class Template(BaseModel):
         """
 
         def fill(text: str) -> str:
-            return _PARAM_REF.sub(lambda m: _as_text(values.get(m.group(1))), text).replace("{replicas}",
-                                                                                           str(replicas))
+            filled = _PARAM_REF.sub(lambda m: _as_text(values.get(m.group(1))), text)
+            return filled.replace("{replicas}", str(replicas)).replace("{instance}", instance)
 
         command = list(self.command)
         if self.listen is not None:

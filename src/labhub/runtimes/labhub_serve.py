@@ -3,24 +3,26 @@
 Runs inside the ``serve`` runtime (copied into its site-packages), never in the hub, so it imports
 nothing from ``labhub``::
 
-    python -m labhub_serve --model [NAME[@VERSION]=]PATH [--model ...] [--default NAME@VERSION ...]
-        (--port N [--host ADDR] | --socket PATH | --fd N) [--allow-pickle]
+    python -m labhub_serve [--model [NAME[@VERSION]=]PATH ...] [--store DIR [--max-upload-bytes N]]
+        [--default NAME@VERSION ...] (--port N [--host ADDR] | --socket PATH | --fd N) [--allow-pickle]
 
-Every model is loaded before anything listens: once the socket exists (or the port listens), all
-models are ready. A file that does not load ends the program with status 1, the traceback on
-stderr and, as its last line, one sentence naming the file: ``ValueError: higgs.keras: ...``.
+At least one ``--model`` or a ``--store`` is given. Every model is loaded before anything listens:
+once the socket exists (or the port listens), all models are ready. A file that does not load ends
+the program with status 1, the traceback on stderr and, as its last line, one sentence naming the
+file: ``ValueError: higgs.keras: ...``.
 
 Models. ``NAME`` defaults to the file's stem, ``VERSION`` (a positive integer) to 1. A name may
-have several versions; a request that names none gets the default, the highest unless
-``--default NAME@VERSION`` says otherwise. The format comes from the suffix:
+have several versions; a request that names none gets the default: the highest, unless one was
+chosen (``--default NAME@VERSION``, or ``PUT /models/NAME/default`` while serving), which stays the
+default until it is deleted. The format comes from the suffix:
 
 * ``.keras``: Keras 3 native files on JAX's CPU backend, loaded in Keras' safe mode (no lambdas);
 * ``.onnx``: ONNX Runtime on CPU (tensor outputs only: sequence and map outputs are left out);
 * ``.skops``: scikit-learn estimators through skops, refusing every type skops does not trust by default;
 * ``.joblib``, ``.pkl``, ``.pickle``: scikit-learn estimators through joblib, only with ``--allow-pickle``.
   Security: unpickling runs whatever code the file names, as this service's account. Pass the flag
-  only for files that account's own user wrote, never for a file someone else can have written;
-  ``.skops`` is the safe format;
+  only for files that account's own user wrote, never for a file someone else can have written
+  (nor with a ``--store`` others may upload to); ``.skops`` is the safe format;
 * ``.pt``, ``.pth``, ``.torchscript``: TorchScript through ``torch.jit.load``, where torch is installed.
   The ``serve`` runtime leaves torch out (its CPU wheel is ~850 MB installed), so there they fail to load.
 
@@ -28,29 +30,71 @@ A ``.keras`` file written by ``labhub_train`` has ``NAME.json`` beside it (forma
 columns, widths, mins, maxs). TFaaS ``/json`` requests then name those columns and get the training's
 preprocessing; the protocols' own routes take the model's input tensors as they are.
 
-Routes: KServe's, plus the version paths and TFaaS's two.
+The store. With ``--store DIR`` (made, mode 0700, where missing) versions can be uploaded and deleted
+while serving. Each is kept as ``DIR/NAME/VERSION/model.SUFFIX`` (``model.json`` beside it for a
+spec), and every version found there is loaded at start like a ``--model`` (``--default`` may name
+it), so a restart serves what was uploaded; a chosen default is not kept across restarts. An upload
+is written to disk as it arrives (``DIR/.incoming``, cleared at start), at most
+``--max-upload-bytes`` (default 1 GiB) of body; nothing is served or kept until its model loaded.
+
+Routes: KServe's, plus the version paths, TFaaS's, the store's and the metrics.
 
 * v2: ``GET /v2/health/live|ready``, ``GET /v2/models/NAME[/versions/V][/ready]``, ``POST
   /v2/models/NAME[/versions/V]/infer``. A request must give each input's datatype exactly (scikit-learn
   takes any numbers) and a shape the model takes; otherwise 400 and the protocol's ``{"error": "..."}``;
   an unknown model or version is a 404;
-* v1: ``GET /v1/models/NAME[/versions/V]`` (``{"name", "ready"}``), ``POST
+* v1: ``GET /v1/models/NAME[/versions/V]``, TF-Serving's model status: ``{"model_version_status":
+  [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}, ...]}``,
+  one entry per version (the one asked for with ``/versions/V``); 404 for what is not served. ``POST
   /v1/models/NAME[/versions/V]:predict`` with ``{"instances": [...]}`` (answered ``{"predictions":
   [...]}``) or ``{"inputs": ...}`` (answered ``{"outputs": ...}``); a model of several inputs takes
   objects keyed by input name. JSON numbers are cast to the model's datatype within their kind;
-* ``GET /models``: each model's versions, default version, format and the keys ``/json`` takes;
+* ``GET /models``: each model's ``name``, ``versions``, ``default_version``, ``uploaded_versions`` (those
+  in the store), ``format`` and the ``keys`` ``/json`` takes;
+* ``PUT /models/NAME/default`` with ``{"version": V}`` (a string or an integer): V becomes NAME's
+  default for v1, v2 and ``/json`` at once; answered 200 with NAME as ``GET /models`` lists it; 404 for an
+  unknown model or version, 400 for another body;
 * ``POST /json``: ``{"keys": [...], "values": [...], "model": NAME}`` (``NAME@V``, or a ``"version"``
   key, for another version; ``model`` may be left out when one name is served): one event, answered
-  with the first output's row as a JSON list.
+  with the first output's row as a JSON list;
+* ``POST /upload[?name=NAME&version=V]``: multipart/form-data with the fields ``name``, ``version`` (text;
+  the query's where the form has none), ``file`` (or TFaaS's ``model``: the model file, its suffix the
+  format) and optionally ``spec`` (or ``params``: labhub_train's ``.json``); or TFaaS's raw form, a
+  ``.tar.gz`` body (``Content-Type: application/octet-stream`` or ``application/gzip``) of one model file
+  and at most one ``.json``, regular files at its top level (links, folders and other paths are
+  refused, and more than ``--max-upload-bytes`` unpacked). NAME defaults to the model file's stem,
+  V to the name's highest version + 1. Answered 201 with NAME as ``GET /models`` lists it and the
+  ``version`` made; 400 for a body that is not such an upload or a model that does not load (the
+  loader's one line), 409 for a version served already, 413 past ``--max-upload-bytes``, 415 for
+  another content type;
+* ``DELETE /delete`` with ``{"model": NAME}`` (every uploaded version of NAME) or ``{"model": NAME,
+  "version": V}`` (or ``"NAME@V"``): no longer served, and removed from the store; answered 200 with
+  ``{"name", "deleted": [...], "versions": [...left], "default_version"}`` (the highest left when the
+  default went; null when none is left); 404 for what is not served, 403 for a version ``--model``
+  gave (those cannot be deleted), 400 for another body. Without ``--store``, ``/upload`` and
+  ``/delete`` answer 403;
+* ``GET /metrics``: Prometheus' text format 0.0.4, kserve's metrics (process, ``request_*_seconds``)
+  then this program's, kept in a registry of their own: ``labhub_serve_requests_total{model, version,
+  protocol, code}`` and the histogram ``labhub_serve_request_seconds{model, version, protocol}`` (buckets
+  0.5 ms to 10 s) of every v2 infer, v1 predict and ``/json`` request (``protocol`` v2, v1, tfaas;
+  ``code`` its HTTP status), timed from arrival to the answer's last byte. ``model`` and ``version`` are
+  what the request resolved to (the default version where it named none); blank where it names no
+  served model or version.
 
-In KServe's registry each version is ``NAME@VERSION`` (the default one is ``NAME`` too), and
-``/versions/V`` paths are rewritten to it. ``/v2/repository/...`` (loading and unloading models at
-run time) answers 403: what a service serves is fixed when it starts.
+Errors are the protocols' ``{"error": "..."}`` throughout. In KServe's registry each version is
+``NAME@VERSION`` (the default one is ``NAME`` too), and ``/versions/V`` paths are rewritten to it.
+KServe's own ``/v2/repository/...`` (loading and unloading by name from its model directory) answers
+403: this server changes what it serves only through ``/upload`` and ``/delete``.
 
 Where to listen: ``--port`` on ``--host`` (default 127.0.0.1; 0 takes a free port, printed), a Unix
 ``--socket`` this program makes with mode 0600 (a stale socket file there is replaced), or ``--fd``,
-a listening socket the parent bound and passed down. The instance's secret in the environment is
-not used: the hub's proxy authenticates requests before they reach this server.
+a socket the parent bound and passed down (listened on here, once every model is loaded). The
+instance's secret in the environment is not used: the hub's proxy authenticates requests before they
+reach this server.
+
+``--replicas N`` (default 1): N serving processes on the one socket, each with every model, the kernel
+spreading connections over them; ``/metrics`` sums all of them; uploads, deletes and default changes
+answer 409 (each replica serves what it started with). See labhub_serve_replicas.
 """
 
 from __future__ import annotations
@@ -63,18 +107,17 @@ import re
 import socket
 import stat
 import sys
-import threading
 import traceback
-import uuid
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labhub_serve_models import Predictor, Tensor, TrainSpec, load_predictor, one_line
+from labhub_serve_metrics import LABELS, Metrics, MetricsMiddleware
+from labhub_serve_models import Entry, one_line, served_model_class
+from labhub_serve_replicas import REPLICA_ENV, supervise
+from labhub_serve_store import NAME, VERSION, Refused, Store, Upload
 
 ENV_DEFAULTS = {"JAX_PLATFORMS": "cpu"}  # no probing for accelerators this runtime has no plugin for
-NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _MODEL_ARG = re.compile(rf"(?:(?P<name>{NAME})(?:@(?P<version>[0-9]{{1,9}}))?=)?(?P<path>.+)", re.S)
 _VERSION_PATH = re.compile(rf"/(?P<api>v1|v2)/models/(?P<name>{NAME})/versions/(?P<version>[0-9]{{1,9}})(?P<rest>.*)")
 _NOT_JSON = (b"", b"application/x-www-form-urlencoded", b"text/plain", b"application/octet-stream")
@@ -83,62 +126,10 @@ _NOT_JSON = (b"", b"application/x-www-form-urlencoded", b"text/plain", b"applica
 # ---------------------------------------------------------------- what is served
 
 
-@dataclass
-class Entry:
-    """One version of one model: what ``--model`` named and what was loaded for it."""
-
-    name: str
-    version: str
-    path: Path
-    predictor: Predictor = field(init=False)
-    spec: TrainSpec | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def keys(self) -> list[str] | None:
-        return [column["name"] for column in self.spec.columns] if self.spec else self.predictor.keys
-
-    def load(self, allow_pickle: bool) -> None:
-        self.predictor = load_predictor(self.path, allow_pickle)
-        sidecar = self.path.with_suffix(".json")
-        if self.predictor.format != "keras" or not sidecar.is_file():
-            return
-        try:
-            self.spec = TrainSpec.read(sidecar)
-            shapes = [t.shape for t in self.predictor.inputs]
-            if self.spec and not (len(shapes) == 1 and shapes[0] and shapes[0][-1] in (-1, self.spec.features)):
-                raise ValueError(f"it describes {self.spec.features} features; {self.path.name} takes {shapes}")
-        except Exception as exc:
-            raise ValueError(f"{sidecar.name}: {one_line(exc)}") from exc
-
-    def json_row(self, keys: Any, values: Any) -> Any:
-        """The input of a TFaaS ``/json`` request: one event, its values named by keys."""
-        import numpy as np
-
-        if not isinstance(keys, list) or not isinstance(values, list) or len(keys) != len(values):
-            raise ValueError('"keys" and "values" must be lists of the same length')
-        given = dict(zip(map(str, keys), values, strict=True))
-        if len(given) != len(keys):
-            raise ValueError('"keys" names a key twice')
-        if self.spec is not None:
-            return self.spec.row(given)
-        wanted = self.keys()
-        if wanted is not None:  # a model that knows its features' names takes them in its own order
-            if sorted(given) != sorted(wanted):
-                raise ValueError(f"keys must be the model's features: {wanted}")
-            values = [given[key] for key in wanted]
-        try:
-            return np.asarray([values], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f'"values" must be numbers: {exc}') from exc
-
-
-def parse_models(args: argparse.Namespace) -> tuple[dict[str, dict[str, Entry]], dict[str, str]]:
-    """``--model`` and ``--default``: the entries by name and version, and each name's default version."""
-    models: dict[str, dict[str, Entry]] = {}
-    for text in args.model:
+def parse_models(texts: list[str]) -> list[Entry]:
+    """``--model`` arguments: one entry (not loaded yet) each."""
+    entries: dict[str, Entry] = {}
+    for text in texts:
         found = _MODEL_ARG.fullmatch(text)
         if not found:
             raise ValueError(f"--model {text!r}: give [NAME[@VERSION]=]PATH")
@@ -149,192 +140,255 @@ def parse_models(args: argparse.Namespace) -> tuple[dict[str, dict[str, Entry]],
         version = str(int(found["version"] or 1))
         if version == "0":
             raise ValueError(f"--model {text!r}: versions are positive integers")
-        if version in models.setdefault(name, {}):
-            raise ValueError(f"--model {text!r}: {name}@{version} is given twice")
-        models[name][version] = Entry(name, version, path)
-    defaults = {name: max(versions, key=int) for name, versions in models.items()}
-    for text in args.default:
+        entry = Entry(name, version, path)
+        if entry.key in entries:
+            raise ValueError(f"--model {text!r}: {entry.key} is given twice")
+        entries[entry.key] = entry
+    return list(entries.values())
+
+
+def stored_entries(store: Store, given: list[Entry]) -> list[Entry]:
+    """The versions uploaded to ``store`` by earlier runs (not loaded yet); none may be one ``--model`` gives."""
+    keys = {entry.key for entry in given}
+    entries = [Entry(name, version, path, stored=True) for name, version, path in store.scan()]
+    for entry in entries:
+        if entry.key in keys:
+            raise ValueError(f"--store {store.root} holds {entry.key}, which a --model gives too")
+    return entries
+
+
+def parse_defaults(texts: list[str], entries: list[Entry]) -> dict[str, str]:
+    """``--default NAME@VERSION`` arguments: the version each chooses, by name."""
+    keys, defaults = {entry.key for entry in entries}, {}
+    for text in texts:
         name, _, version = text.partition("@")
-        if version not in models.get(name, {}):
-            raise ValueError(f"--default {text!r}: no --model gives {name}@{version or '?'}")
+        if text not in keys:
+            raise ValueError(f"--default {text!r}: neither a --model nor the --store gives {name}@{version or '?'}")
         defaults[name] = version
-    return models, defaults
+    return defaults
 
 
-def served_model_class() -> type:
-    """The kserve.Model subclass; made when called, because this module imports kserve only then."""
-    import numpy as np
-    from kserve import InferOutput, InferRequest, InferResponse, Model
+def parse_version(value: Any) -> str:
+    """A version as a request gives it (``"2"`` or ``2``), as this server writes it; InvalidInput otherwise."""
     from kserve.errors import InvalidInput
-    from kserve.utils.numpy_codec import from_np_dtype, to_np_dtype
 
-    def array(value: Any, what: str) -> Any:
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) == 0:
+        raise InvalidInput(f"a version is a positive integer, not {value!r}")
+    return str(int(text))
+
+
+def not_found(name: str) -> Exception:
+    from kserve.errors import ModelNotFound
+
+    return ModelNotFound(name)
+
+
+class Catalog:
+    """What is served: each name's versions and default version, kept in step with kserve's registry,
+    where each version is ``NAME@VERSION`` and the default one is ``NAME`` too.
+
+    A name's default is its highest version unless one was chosen (``--default``, ``PUT
+    /models/NAME/default``); a chosen one stays until it is deleted. Every change is made on the event
+    loop with no await inside it, so a request finds the registry as before a change or after it, never
+    halfway; ``pending`` holds the versions an upload or a delete is still busy with.
+    """
+
+    def __init__(self, registry: Any, served_class: type, store: Store | None, allow_pickle: bool) -> None:
+        self.registry = registry  # kserve's ModelRepository
+        self.served_class = served_class
+        self.store = store
+        self.allow_pickle = allow_pickle
+        self.models: dict[str, dict[str, Entry]] = {}
+        self.defaults: dict[str, str] = {}
+        self.chosen: set[str] = set()  # names whose default was chosen rather than the highest
+        self.served: dict[str, Any] = {}  # NAME@VERSION -> its kserve model
+        self.pending: set[str] = set()
+
+    def add(self, entry: Entry) -> None:
+        """Serve the loaded ``entry`` as ``NAME@VERSION`` (and as ``NAME`` when it becomes the default)."""
+        model = self.served[entry.key] = self.served_class(entry)
+        self.models.setdefault(entry.name, {})[entry.version] = entry
+        self.registry.update(model, entry.key)
+        self._repoint(entry.name)
+
+    def choose_default(self, name: str, version: str) -> None:
+        """Make ``version`` ``name``'s default; ModelNotFound (404) where either is not served."""
+        self.find(name, version)
+        self.defaults[name] = version
+        self.chosen.add(name)
+        self._repoint(name)
+
+    def find(self, name: str, version: str = "") -> Entry:
+        """``name``'s ``version``, or its default; ModelNotFound (404) where it is not served."""
+        versions = self.models.get(name)
+        if versions is None:
+            raise not_found(name)
+        entry = versions.get(version or self.defaults[name])
+        if entry is None:
+            raise not_found(f"{name}@{version}")
+        return entry
+
+    def labels(self, target: str) -> tuple[str, str]:
+        """The metrics' (model, version) for a path's ``NAME`` or ``NAME@V``: blank for what is not served."""
+        name, _, version = target.partition("@")
+        versions = self.models.get(name)
+        if versions is None:
+            return "", ""
+        version = version or self.defaults[name]
+        return (name, version) if version in versions else (name, "")
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """``name`` as ``GET /models`` lists it."""
+        versions, default = self.models[name], self.defaults[name]
+        return {"name": name, "versions": sorted(versions, key=int), "default_version": default,
+                "uploaded_versions": sorted((v for v, e in versions.items() if e.stored), key=int),
+                "format": versions[default].predictor.format, "keys": versions[default].keys()}
+
+    async def upload(self, upload: Upload) -> Entry:
+        """Load ``upload`` off the event loop, store it and serve it; the store keeps nothing of one refused:
+        400 for a bad name or version or a file that does not load (the loader's one line), 409 for a
+        version served already."""
+        assert self.store is not None
         try:
-            return np.asarray(value)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"{what}: not a tensor (rows of unequal length?): {exc}") from exc
-
-    class Served(Model):
-        """One version of one model in kserve's registry; v1, v2 and /json requests all end in :meth:`infer`."""
-
-        def __init__(self, entry: Entry) -> None:
-            super().__init__(entry.key)
-            self.entry = entry
-            self.predictor = entry.predictor
-            self.lock = threading.Lock()  # one inference at a time per model: not every library is thread-safe
-            self.ready = True
-
-        def load(self) -> bool:
-            self.ready = True
-            return True
-
-        def get_input_types(self) -> list[dict[str, Any]]:
-            return [t.metadata() for t in self.predictor.inputs if t.datatype]
-
-        def get_output_types(self) -> list[dict[str, Any]]:
-            return [t.metadata() for t in self.predictor.outputs if t.datatype]
-
-        async def infer(self, arrays: list[Any], typed: bool = False) -> list[Any]:
-            """Check ``arrays`` against the declared inputs, then run the model off the event loop.
-
-            ``typed``: the request declared datatypes (v2), which must be the model's; arrays from JSON
-            without them (v1, /json) are cast to the model's datatype where numpy casts within a kind.
-            """
-            declared = self.predictor.inputs
-            if declared:
-                if len(arrays) != len(declared):
-                    raise InvalidInput(f"{self.entry.key} takes {len(declared)} inputs; the request gives "
-                                       f"{len(arrays)}")
-                arrays = [self._conform(t, a, typed) for t, a in zip(declared, arrays, strict=True)]
-            elif not typed:  # an unknown signature (TorchScript): JSON's floats as FP32, ML's usual
-                arrays = [a.astype(np.float32) if a.dtype == np.float64 else a for a in arrays]
-
-            def run() -> list[Any]:
-                with self.lock:
-                    return self.predictor.run(arrays)
-
+            entry = self._reserve(upload)
             try:
-                outputs = [np.asarray(o) for o in await asyncio.to_thread(run)]
-            except (ValueError, TypeError) as exc:
-                raise InvalidInput(f"{self.entry.key}: {one_line(exc)}") from exc
-            return [o.astype(object) if o.dtype.kind in "US" else o for o in outputs]  # strings travel as BYTES
+                await self._load(entry)
+                entry.path = self.store.commit(upload, entry.name, entry.version)
+            finally:
+                self.pending.discard(entry.key)
+        except BaseException:
+            self.store.discard(upload)
+            raise
+        self.add(entry)
+        return entry
 
-        def _conform(self, tensor: Tensor, data: Any, typed: bool) -> Any:
-            where = f"input {tensor.name!r} of {self.entry.key}"
-            target = np.dtype(to_np_dtype(tensor.datatype)) if tensor.datatype else data.dtype
-            if target != data.dtype:
-                if (typed and tensor.exact) or data.dtype.kind in "OUSV" or not np.can_cast(
-                        data.dtype, target, "same_kind"):
-                    raise InvalidInput(f"{where} is {tensor.datatype}; the request gives "
-                                       f"{from_np_dtype(data.dtype) or data.dtype.name}")
-                data = data.astype(target)
-            if tensor.shape is not None and (len(tensor.shape) != data.ndim or any(
-                    want not in (-1, got) for want, got in zip(tensor.shape, data.shape, strict=True))):
-                raise InvalidInput(f"{where} has shape {list(tensor.shape)}; the request gives {list(data.shape)}")
-            return data
+    def _reserve(self, upload: Upload) -> Entry:
+        """The entry ``upload`` is to become, its version held in ``pending``."""
+        name = upload.fields.get("name") or upload.stem
+        if not re.fullmatch(NAME, name):
+            raise Refused(400, f"{name!r} is not a model name: give name= (letters, digits, '_.-')")
+        version = upload.fields.get("version") or self._next_version(name)
+        if not re.fullmatch(VERSION, version):
+            raise Refused(400, f"version {version!r}: a version is a positive integer")
+        entry = Entry(name, version, upload.model, stored=True)
+        if entry.key in self.pending or version in self.models.get(name, {}):
+            raise Refused(409, f"{entry.key} is served already: delete it first, or upload another version")
+        self.pending.add(entry.key)
+        return entry
 
-        async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            if isinstance(payload, InferRequest):
-                return await self._v2(payload)
-            if isinstance(payload, dict):
-                return await self._v1(payload)
-            raise InvalidInput(f"cannot read a request of type {type(payload).__name__}")
+    async def delete(self, name: str, version: str | None) -> list[str]:
+        """Stop serving ``name``'s uploaded ``version`` (all of them: None), then remove them from the store;
+        the versions deleted. 404 for what is not served, 403 for a version ``--model`` gave."""
+        versions = self.models.get(name)
+        if versions is None or (version is not None and version not in versions):
+            raise not_found(name if versions is None else f"{name}@{version}")
+        doomed = [version] if version is not None else sorted((v for v, e in versions.items() if e.stored), key=int)
+        if version is not None and not versions[version].stored:
+            raise Refused(403, f"{name}@{version} was given on the command line (--model): only uploaded "
+                               "versions can be deleted")
+        if not doomed:
+            raise Refused(403, f"{name}'s versions were all given on the command line (--model): only uploaded "
+                               "versions can be deleted")
+        keys = [f"{name}@{v}" for v in doomed]
+        if self.pending.intersection(keys):
+            raise Refused(409, f"{name}@{doomed[0]} is being uploaded or deleted: try again")
+        for v in doomed:
+            del versions[v]
+            self.registry.unload(f"{name}@{v}")
+            del self.served[f"{name}@{v}"]
+        self._repoint(name)
+        self.pending.update(keys)
+        try:
+            assert self.store is not None
+            for v in doomed:
+                await asyncio.to_thread(self.store.remove, name, v)
+        finally:
+            self.pending.difference_update(keys)
+            self.store.prune(name)
+        return doomed
 
-        async def _v2(self, request: Any) -> Any:
-            names = [t.name for t in self.predictor.inputs]
-            order = list(request.inputs)  # one input (its name is the model's business) or an unknown signature
-            if len(names) > 1:
-                given = {i.name: i for i in request.inputs}
-                unknown, missing = sorted(set(given) - set(names)), [n for n in names if n not in given]
-                if unknown or missing:
-                    raise InvalidInput(f"{self.entry.key} takes inputs {names}; unknown: {unknown}, missing: {missing}")
-                order = [given[n] for n in names]
-            arrays = []
-            for infer_input in order:
-                try:
-                    arrays.append(infer_input.as_numpy())
-                except (ValueError, TypeError) as exc:
-                    raise InvalidInput(f"input {infer_input.name!r}: its data does not fill its shape "
-                                       f"{infer_input.shape} as {infer_input.datatype}: {exc}") from exc
-            outputs = await self.infer(arrays, typed=True)
-            binary, infer_outputs = request.use_binary_outputs, []
-            for name, data in zip(self._output_names(len(outputs)), outputs, strict=True):
-                infer_outputs.append(InferOutput(name=name, shape=list(data.shape), datatype=from_np_dtype(data.dtype)))
-                infer_outputs[-1].set_data_from_numpy(data, binary_data=binary)
-            return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.entry.name,
-                                 model_version=self.entry.version, infer_outputs=infer_outputs,
-                                 use_binary_outputs=binary, requested_outputs=request.request_outputs)
+    async def _load(self, entry: Entry) -> None:
+        try:
+            await asyncio.to_thread(entry.load, self.allow_pickle)
+        except Exception as exc:
+            raise Refused(400, f"cannot load {entry.key}: {' '.join(str(exc).split())}") from exc
 
-        async def _v1(self, body: dict[str, Any]) -> dict[str, Any]:
-            names = [t.name for t in self.predictor.inputs]
-            if "instances" in body:  # rows
-                value, answer = body["instances"], "predictions"
-                if not isinstance(value, list):
-                    raise InvalidInput('"instances" must be a list')
-            elif "inputs" in body:  # columns
-                value, answer = body["inputs"], "outputs"
-            else:
-                raise InvalidInput('a predict request gives "instances" or "inputs"')
-            if answer == "predictions" and value and all(isinstance(row, dict) for row in value):
-                if any(set(row) != set(names) for row in value):
-                    raise InvalidInput(f"each instance must give exactly the inputs {names}")
-                arrays = [array([row[n] for row in value], n) for n in names]
-            elif isinstance(value, dict):
-                if sorted(value) != sorted(names):
-                    raise InvalidInput(f'"inputs" must give exactly the inputs {names}')
-                arrays = [array(value[n], n) for n in names]
-            elif len(names) > 1:
-                raise InvalidInput(f"{self.entry.key} takes inputs {names}: give each by name")
-            else:
-                arrays = [array(value, answer)]
-            outputs = await self.infer(arrays)
-            labels = self._output_names(len(outputs))
-            if len(outputs) == 1:
-                return {answer: outputs[0].tolist()}
-            if answer == "outputs":
-                return {answer: {label: o.tolist() for label, o in zip(labels, outputs, strict=True)}}
-            return {answer: [{label: o[i].tolist() for label, o in zip(labels, outputs, strict=True)}
-                             for i in range(len(outputs[0]))]}
+    def _next_version(self, name: str) -> str:
+        taken = [int(v) for v in self.models.get(name, {})]
+        taken += [int(key.partition("@")[2]) for key in self.pending if key.partition("@")[0] == name]
+        return str(max(taken, default=0) + 1)
 
-        def _output_names(self, count: int) -> list[str]:
-            declared = [t.name for t in self.predictor.outputs]
-            return declared if len(declared) == count else [f"output-{i}" for i in range(count)]
-
-    return Served
+    def _repoint(self, name: str) -> None:
+        """Point kserve's ``NAME`` at ``name``'s default version, choosing the highest where none is
+        chosen or the chosen one is gone; drop ``NAME`` when it has no versions left."""
+        versions = self.models.get(name)
+        if not versions:
+            self.models.pop(name, None)
+            self.defaults.pop(name, None)
+            self.chosen.discard(name)
+            if self.registry.get_model(name) is not None:
+                self.registry.unload(name)
+            return
+        if name not in self.chosen or self.defaults.get(name) not in versions:
+            self.chosen.discard(name)
+            self.defaults[name] = max(versions, key=int)
+        self.registry.update(self.served[f"{name}@{self.defaults[name]}"], name)
 
 
-def add_routes(app: Any, models: dict[str, dict[str, Entry]], defaults: dict[str, str], served: dict[str, Any]) -> None:
-    """What LabHub adds to kserve's FastAPI app: TFaaS's routes, the version paths, no repository changes."""
+def add_routes(app: Any, catalog: Catalog, metrics: Metrics) -> None:
+    """What LabHub adds to kserve's FastAPI app: TFaaS's routes, TF-Serving's model status, uploads and
+    deletes, default switching, metrics, the version paths; no repository changes."""
     import numpy as np
     import orjson
-    from kserve.errors import InvalidInput, ModelNotFound
+    from kserve.errors import InvalidInput
+    from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.responses import Response
 
-    def answer(data: Any) -> Response:
-        return Response(orjson.dumps(data), media_type="application/json")
+    def answer(data: Any, status: int = 200) -> Response:
+        return Response(orjson.dumps(data), status, media_type="application/json")
+
+    async def json_body(request: Any) -> Any:
+        try:
+            return orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the body is not JSON: {exc}") from exc
+
+    def store() -> Store:
+        if catalog.store is None:
+            raise Refused(403, "this server has no --store: its models are fixed when it starts")
+        if os.environ.get(REPLICA_ENV):
+            raise Refused(409, "this service runs several replicas, each with what it started with: upload, delete "
+                               "and choose defaults with one replica")
+        return catalog.store
 
     # Plain Starlette routes: FastAPI would take their (postponed) annotations for query parameters.
     async def tfaas_models(request: Any) -> Response:
-        return answer([
-            {"name": name, "versions": sorted(versions, key=int), "default_version": defaults[name],
-             "format": versions[defaults[name]].predictor.format, "keys": versions[defaults[name]].keys()}
-            for name, versions in sorted(models.items())])
+        return answer([catalog.describe(name) for name in sorted(catalog.models)])
+
+    async def choose_default(request: Any) -> Response:
+        if os.environ.get(REPLICA_ENV):
+            store()  # 409: one replica's choice would not be the others'
+        body = await json_body(request)
+        if not isinstance(body, dict) or "version" not in body:
+            raise InvalidInput('the body must be {"version": V}')
+        name = request.path_params["name"]
+        catalog.choose_default(name, parse_version(body["version"]))
+        return answer(catalog.describe(name))
 
     async def tfaas_json(request: Any) -> Response:
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the body is not JSON: {exc}") from exc
+        body = await json_body(request)
         if not isinstance(body, dict):
             raise InvalidInput('the body must be an object: {"keys": [...], "values": [...], "model": NAME}')
-        name = body.get("model", next(iter(models)) if len(models) == 1 else None)
+        name = body.get("model", next(iter(catalog.models)) if len(catalog.models) == 1 else None)
         if not isinstance(name, str):
-            raise InvalidInput(f'"model" must name one of the models: {sorted(models)}')
+            raise InvalidInput(f'"model" must name one of the models: {sorted(catalog.models)}')
         name, _, version = name.partition("@")
-        version = str(body.get("version") or version or defaults.get(name, ""))
-        model = served.get(f"{name}@{version}")
-        if model is None:
-            raise ModelNotFound(f"{name}@{version}" if name in models else name)
+        version = str(body.get("version") or version)
+        labels = request.scope.get(LABELS)  # the metrics middleware's, to learn which model this is
+        if labels is not None:
+            labels[:] = catalog.labels(f"{name}@{version}" if version else name)
+        model = catalog.served[catalog.find(name, version).key]
         try:
             row = model.entry.json_row(body.get("keys"), body.get("values"))
         except ValueError as exc:
@@ -342,9 +396,50 @@ def add_routes(app: Any, models: dict[str, dict[str, Entry]], defaults: dict[str
         outputs = await model.infer([row])
         return answer(np.asarray(outputs[0][0]).reshape(-1).tolist())
 
+    async def upload(request: Any) -> Response:
+        received = await store().receive(request.headers, request.query_params, request.stream())
+        entry = await catalog.upload(received)
+        return answer({**catalog.describe(entry.name), "version": entry.version}, 201)
+
+    async def delete(request: Any) -> Response:
+        store()
+        body = await json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise InvalidInput('the body must be {"model": NAME} or {"model": NAME, "version": V}')
+        name, _, version = body["model"].partition("@")
+        given = [parse_version(v) for v in (version or None, body.get("version")) if v is not None]
+        if len(set(given)) > 1:
+            raise InvalidInput(f"{body['model']!r} and \"version\" name different versions")
+        deleted = await catalog.delete(name, given[0] if given else None)
+        left = catalog.describe(name) if name in catalog.models else {"versions": [], "default_version": None}
+        return answer({"name": name, "deleted": deleted, "versions": left["versions"],
+                       "default_version": left["default_version"]})
+
+    async def tf_serving_status(request: Any) -> Response:
+        name, _, version = request.path_params["name"].partition("@")
+        entry = catalog.find(name, version)  # 404 for what is not served
+        listed = [entry.version] if version else sorted(catalog.models[name], key=int)
+        return answer({"model_version_status": [
+            {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for v in listed]})
+
+    async def exposition(request: Any) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def refused(request: Any, exc: Refused) -> Response:
+        return answer({"error": str(exc)}, exc.status)
+
+    # Added before kserve adds its own (RESTServer.create_application): these paths are answered here.
     app.add_route("/models", tfaas_models, methods=["GET"])
+    app.add_route("/models/{name}/default", choose_default, methods=["PUT"])
     app.add_route("/json", tfaas_json, methods=["POST"])
-    app.add_middleware(_Paths)
+    app.add_route("/upload", upload, methods=["POST"])
+    app.add_route("/delete", delete, methods=["DELETE"])
+    app.add_route("/v1/models/{name}", tf_serving_status, methods=["GET"])
+    app.add_route("/metrics", exposition, methods=["GET"])
+    app.add_exception_handler(Refused, refused)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, resolve=catalog.labels)
+    app.add_middleware(_Paths)  # outside the metrics: they see NAME@V for a /versions/V path
 
 
 class _Paths:
@@ -362,7 +457,8 @@ class _Paths:
         if scope["type"] == "http":
             path = scope["path"]
             if path.startswith("/v2/repository/"):
-                body = b'{"error":"this server\'s models are fixed when it starts: no loading or unloading"}'
+                body = (b'{"error":"no loading or unloading by name: models are added by POST /upload and removed '
+                        b'by DELETE /delete (with --store)"}')
                 await send({"type": "http.response.start", "status": 403, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
@@ -385,6 +481,14 @@ class _Paths:
 
 def listener(args: argparse.Namespace) -> socket.socket:
     """The listening socket: bound here (TCP, or a Unix socket only this account can use) or inherited."""
+    sock = bound(args)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def bound(args: argparse.Namespace) -> socket.socket:
+    """The socket to listen on, bound but not listening yet (connections are refused until it listens)."""
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
         if sock.type != socket.SOCK_STREAM:
@@ -404,8 +508,6 @@ def listener(args: argparse.Namespace) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
-    sock.listen(128)
-    sock.setblocking(False)
     return sock
 
 
@@ -415,26 +517,26 @@ def serve(args: argparse.Namespace) -> None:
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
 
-    models, defaults = parse_models(args)
-    for versions in models.values():
-        for entry in versions.values():
-            entry.load(args.allow_pickle)
-    sock = listener(args)  # only now: a socket that exists (a port that listens) has every model ready
+    entries = parse_models(args.model)
+    store = Store.open(Path(args.store), args.max_upload_bytes) if args.store else None
+    entries += stored_entries(store, entries) if store else []
+    defaults = parse_defaults(args.default, entries)
+    for entry in entries:
+        entry.load(args.allow_pickle)
+    sock = listener(args)  # only now: a socket that listens has every model ready
     server = kserve.ModelServer(enable_grpc=False, workers=1, enable_docs_url=False, enable_latency_logging=False)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # else two timing lines per request (and uvicorn's)
     # kserve 0.21 makes ORJSONResponse its app's default response class, which FastAPI now deprecates.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-    served_class, served = served_model_class(), {}
-    for name, versions in models.items():
-        for version, entry in versions.items():
-            model = served[entry.key] = served_class(entry)
-            server.register_model(model, name=entry.key)
-            if version == defaults[name]:
-                server.register_model(model, name=name)
-    add_routes(app, models, defaults, served)
+    catalog = Catalog(server.registered_models, served_model_class(), store, args.allow_pickle)
+    for entry in entries:
+        catalog.add(entry)
+    for name, version in defaults.items():
+        catalog.choose_default(name, version)
+    add_routes(app, catalog, Metrics())
     where = (f"socket {args.socket}" if args.socket else f"fd {args.fd}" if args.fd is not None
              else f"{args.host}:{sock.getsockname()[1]}")
-    print(f"labhub_serve: serving {', '.join(sorted(served))} on {where}", flush=True)
+    print(f"labhub_serve: serving {', '.join(sorted(catalog.served)) or 'no models yet'} on {where}", flush=True)
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension,
                       http_port=0, workers=1, grace_period=10)
     rest.run(sockets=[sock])  # uvicorn: SIGTERM or SIGINT -> graceful shutdown, then exit by that signal
@@ -447,7 +549,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="python -m labhub_serve", description="Serve model files (KServe v2 and v1, TFaaS).")
-    parser.add_argument("--model", action="append", required=True, metavar="[NAME[@VERSION]=]PATH",
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME[@VERSION]=]PATH",
                         help="a model file to serve; repeat for more models and versions")
     parser.add_argument("--default", action="append", default=[], metavar="NAME@VERSION",
                         help="the version a request that names none gets (default: the highest)")
@@ -458,7 +560,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="the address --port binds (default 127.0.0.1)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load .joblib/.pkl/.pickle files (unpickling runs code: only this user's own files)")
-    return parser.parse_args(argv)
+    parser.add_argument("--store", metavar="DIR",
+                        help="keep uploaded model versions here, and serve those an earlier run kept")
+    parser.add_argument("--max-upload-bytes", type=int, default=1 << 30, metavar="N",
+                        help="the largest upload body taken (default 1 GiB)")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="serving processes sharing the listening socket, each with every model (default 1)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.replicas <= 64:
+        parser.error("--replicas must be 1 to 64")
+    if not args.model and not args.store:
+        parser.error("give a --model, a --store, or both")
+    if args.max_upload_bytes < 1:
+        parser.error("--max-upload-bytes must be positive")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["KERAS_BACKEND"] = "jax"  # this runtime has no other backend
     try:
         args = parse(argv)
+        if args.replicas > 1:
+            return supervise(args, bound(args))
         sys.argv[1:] = []  # kserve parses sys.argv when first imported: it must see none of ours
         serve(args)
     except (Exception, KeyboardInterrupt) as exc:

@@ -1,12 +1,15 @@
 """labhub_serve's models: each file loaded by its format (Keras, ONNX, scikit-learn via skops or,
-when asked for, pickles; TorchScript where torch is installed) behind one predictor interface, and
-labhub_train's preprocessing for the models it trained.  Runs inside the serve runtime: imports
-nothing from LabHub."""
+when asked for, pickles; TorchScript where torch is installed) behind one predictor interface, the
+served version that holds it (:class:`Entry`), and labhub_train's preprocessing for the models it
+trained.  Runs inside the serve runtime: imports nothing from LabHub."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +168,204 @@ def _torchscript(path: Path) -> Predictor:
         return [r.numpy() if isinstance(r, torch.Tensor) else r for r in results]
 
     return Predictor("torchscript", run)
+
+
+# ---------------------------------------------------------------- one served version
+
+
+@dataclass
+class Entry:
+    """One version of one model: its file (given by ``--model``, or uploaded: ``stored``) and what was loaded."""
+
+    name: str
+    version: str
+    path: Path
+    stored: bool = False
+    predictor: Predictor = field(init=False)
+    spec: TrainSpec | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def keys(self) -> list[str] | None:
+        return [column["name"] for column in self.spec.columns] if self.spec else self.predictor.keys
+
+    def load(self, allow_pickle: bool) -> None:
+        self.predictor = load_predictor(self.path, allow_pickle)
+        sidecar = self.path.with_suffix(".json")
+        if self.predictor.format != "keras" or not sidecar.is_file():
+            return
+        try:
+            self.spec = TrainSpec.read(sidecar)
+            shapes = [t.shape for t in self.predictor.inputs]
+            if self.spec and not (len(shapes) == 1 and shapes[0] and shapes[0][-1] in (-1, self.spec.features)):
+                raise ValueError(f"it describes {self.spec.features} features; {self.path.name} takes {shapes}")
+        except Exception as exc:
+            raise ValueError(f"{sidecar.name}: {one_line(exc)}") from exc
+
+    def json_row(self, keys: Any, values: Any) -> Any:
+        """The input of a TFaaS ``/json`` request: one event, its values named by keys."""
+        import numpy as np
+
+        if not isinstance(keys, list) or not isinstance(values, list) or len(keys) != len(values):
+            raise ValueError('"keys" and "values" must be lists of the same length')
+        given = dict(zip(map(str, keys), values, strict=True))
+        if len(given) != len(keys):
+            raise ValueError('"keys" names a key twice')
+        if self.spec is not None:
+            return self.spec.row(given)
+        wanted = self.keys()
+        if wanted is not None:  # a model that knows its features' names takes them in its own order
+            if sorted(given) != sorted(wanted):
+                raise ValueError(f"keys must be the model's features: {wanted}")
+            values = [given[key] for key in wanted]
+        try:
+            return np.asarray([values], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'"values" must be numbers: {exc}') from exc
+
+
+def served_model_class() -> type:
+    """The kserve.Model subclass; made when called, because this module imports kserve only then."""
+    import numpy as np
+    from kserve import InferOutput, InferRequest, InferResponse, Model
+    from kserve.errors import InvalidInput
+    from kserve.utils.numpy_codec import from_np_dtype, to_np_dtype
+
+    def array(value: Any, what: str) -> Any:
+        try:
+            return np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{what}: not a tensor (rows of unequal length?): {exc}") from exc
+
+    class Served(Model):
+        """One version of one model in kserve's registry; v1, v2 and /json requests all end in :meth:`infer`."""
+
+        def __init__(self, entry: Entry) -> None:
+            super().__init__(entry.key)
+            self.entry = entry
+            self.predictor = entry.predictor
+            self.lock = threading.Lock()  # one inference at a time per model: not every library is thread-safe
+            self.ready = True
+
+        def load(self) -> bool:
+            self.ready = True
+            return True
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return [t.metadata() for t in self.predictor.inputs if t.datatype]
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return [t.metadata() for t in self.predictor.outputs if t.datatype]
+
+        async def infer(self, arrays: list[Any], typed: bool = False) -> list[Any]:
+            """Check ``arrays`` against the declared inputs, then run the model off the event loop.
+
+            ``typed``: the request declared datatypes (v2), which must be the model's; arrays from JSON
+            without them (v1, /json) are cast to the model's datatype where numpy casts within a kind.
+            """
+            declared = self.predictor.inputs
+            if declared:
+                if len(arrays) != len(declared):
+                    raise InvalidInput(f"{self.entry.key} takes {len(declared)} inputs; the request gives "
+                                       f"{len(arrays)}")
+                arrays = [self._conform(t, a, typed) for t, a in zip(declared, arrays, strict=True)]
+            elif not typed:  # an unknown signature (TorchScript): JSON's floats as FP32, ML's usual
+                arrays = [a.astype(np.float32) if a.dtype == np.float64 else a for a in arrays]
+
+            def run() -> list[Any]:
+                with self.lock:
+                    return self.predictor.run(arrays)
+
+            try:
+                outputs = [np.asarray(o) for o in await asyncio.to_thread(run)]
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput(f"{self.entry.key}: {one_line(exc)}") from exc
+            return [o.astype(object) if o.dtype.kind in "US" else o for o in outputs]  # strings travel as BYTES
+
+        def _conform(self, tensor: Tensor, data: Any, typed: bool) -> Any:
+            where = f"input {tensor.name!r} of {self.entry.key}"
+            target = np.dtype(to_np_dtype(tensor.datatype)) if tensor.datatype else data.dtype
+            if target != data.dtype:
+                if (typed and tensor.exact) or data.dtype.kind in "OUSV" or not np.can_cast(
+                        data.dtype, target, "same_kind"):
+                    raise InvalidInput(f"{where} is {tensor.datatype}; the request gives "
+                                       f"{from_np_dtype(data.dtype) or data.dtype.name}")
+                data = data.astype(target)
+            if tensor.shape is not None and (len(tensor.shape) != data.ndim or any(
+                    want not in (-1, got) for want, got in zip(tensor.shape, data.shape, strict=True))):
+                raise InvalidInput(f"{where} has shape {list(tensor.shape)}; the request gives {list(data.shape)}")
+            return data
+
+        async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+            if isinstance(payload, InferRequest):
+                return await self._v2(payload)
+            if isinstance(payload, dict):
+                return await self._v1(payload)
+            raise InvalidInput(f"cannot read a request of type {type(payload).__name__}")
+
+        async def _v2(self, request: Any) -> Any:
+            names = [t.name for t in self.predictor.inputs]
+            order = list(request.inputs)  # one input (its name is the model's business) or an unknown signature
+            if len(names) > 1:
+                given = {i.name: i for i in request.inputs}
+                unknown, missing = sorted(set(given) - set(names)), [n for n in names if n not in given]
+                if unknown or missing:
+                    raise InvalidInput(f"{self.entry.key} takes inputs {names}; unknown: {unknown}, missing: {missing}")
+                order = [given[n] for n in names]
+            arrays = []
+            for infer_input in order:
+                try:
+                    arrays.append(infer_input.as_numpy())
+                except (ValueError, TypeError) as exc:
+                    raise InvalidInput(f"input {infer_input.name!r}: its data does not fill its shape "
+                                       f"{infer_input.shape} as {infer_input.datatype}: {exc}") from exc
+            outputs = await self.infer(arrays, typed=True)
+            binary, infer_outputs = request.use_binary_outputs, []
+            for name, data in zip(self._output_names(len(outputs)), outputs, strict=True):
+                infer_outputs.append(InferOutput(name=name, shape=list(data.shape), datatype=from_np_dtype(data.dtype)))
+                infer_outputs[-1].set_data_from_numpy(data, binary_data=binary)
+            return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.entry.name,
+                                 model_version=self.entry.version, infer_outputs=infer_outputs,
+                                 use_binary_outputs=binary, requested_outputs=request.request_outputs)
+
+        async def _v1(self, body: dict[str, Any]) -> dict[str, Any]:
+            names = [t.name for t in self.predictor.inputs]
+            if "instances" in body:  # rows
+                value, answer = body["instances"], "predictions"
+                if not isinstance(value, list):
+                    raise InvalidInput('"instances" must be a list')
+            elif "inputs" in body:  # columns
+                value, answer = body["inputs"], "outputs"
+            else:
+                raise InvalidInput('a predict request gives "instances" or "inputs"')
+            if answer == "predictions" and value and all(isinstance(row, dict) for row in value):
+                if any(set(row) != set(names) for row in value):
+                    raise InvalidInput(f"each instance must give exactly the inputs {names}")
+                arrays = [array([row[n] for row in value], n) for n in names]
+            elif isinstance(value, dict):
+                if sorted(value) != sorted(names):
+                    raise InvalidInput(f'"inputs" must give exactly the inputs {names}')
+                arrays = [array(value[n], n) for n in names]
+            elif len(names) > 1:
+                raise InvalidInput(f"{self.entry.key} takes inputs {names}: give each by name")
+            else:
+                arrays = [array(value, answer)]
+            outputs = await self.infer(arrays)
+            labels = self._output_names(len(outputs))
+            if len(outputs) == 1:
+                return {answer: outputs[0].tolist()}
+            if answer == "outputs":
+                return {answer: {label: o.tolist() for label, o in zip(labels, outputs, strict=True)}}
+            return {answer: [{label: o[i].tolist() for label, o in zip(labels, outputs, strict=True)}
+                             for i in range(len(outputs[0]))]}
+
+        def _output_names(self, count: int) -> list[str]:
+            declared = [t.name for t in self.predictor.outputs]
+            return declared if len(declared) == count else [f"output-{i}" for i in range(count)]
+
+    return Served
 
 
 # ---------------------------------------------------------------- labhub_train's preprocessing

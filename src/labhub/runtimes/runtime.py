@@ -94,6 +94,7 @@ BUILTIN: dict[str, Runtime] = {
     "serve": Runtime(
         name="serve",
         requirements=read_requirements(PACKAGE_DIR / "serve.txt"),
-        modules=("labhub_serve.py", "labhub_serve_models.py"),
+        modules=("labhub_serve.py", "labhub_serve_models.py", "labhub_serve_store.py", "labhub_serve_metrics.py",
+                 "labhub_serve_replicas.py"),
     ),
 }

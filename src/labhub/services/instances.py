@@ -56,7 +56,7 @@ def build_spec(
     """
     unix = Capability.UNIX_SOCKET in backend.capabilities
     command, env = template.render({**(instance.params or {}), **(params or {})}, unix_socket=unix,
-                                   replicas=instance.replicas or 1)
+                                   replicas=instance.replicas or 1, instance=instance.name)
     env = {**env, **(extra_env or {}), "LABHUB_INSTANCE_ID": instance.id, "LABHUB_TOKEN": token,
            "JUPYTER_TOKEN": token}
     return LaunchSpec(
