@@ -1,5 +1,5 @@
 """Model services end to end on the local backend: model files uploaded into a folder (ONNX, a
-scikit-learn estimator saved with skops), served by the built-in model-service template in the real
+scikit-learn estimator saved with skops, TorchScript), served by the built-in model-service template in the real
 serve runtime, called through the hub's proxy with tritonclient (v2), curl (TF-Serving's v1, TFaaS's
 /json); public calls; models that do not load; scaling to zero with the real runtime.
 
@@ -74,14 +74,25 @@ def onnx_infer(hub_address: str, headers: dict[str, str], x: list[list[float]]) 
         client.close()
 
 
-async def test_uploaded_onnx_and_skops_models_answer_every_protocol(
+def torch_infer(hub_address: str, headers: dict[str, str], x: list[list[float]]) -> list[list[float]]:
+    client = triton.InferenceServerClient(hub_address, network_timeout=120)
+    try:
+        tensor = triton.InferInput("x", [len(x), 4], "FP32")
+        tensor.set_data_from_numpy(np.asarray(x, dtype=np.float32))
+        return client.infer("net", [tensor], headers=headers).as_numpy("output-0").tolist()
+    finally:
+        client.close()
+
+
+async def test_uploaded_onnx_skops_and_torchscript_models_answer_every_protocol(
         start_hub, sqlite_url, models, runtimes_root):  # noqa: F811
     directory, expected = models
     hub = await start_hub(sqlite_url, runtimes_dir=runtimes_root)
     alice, bob = await hub.user("alice"), await hub.user("bob")
-    for name in ("tiny.onnx", "clf.skops", "broken.onnx", "sneaky.skops"):
+    for name in ("tiny.onnx", "clf.skops", "net.pt", "broken.onnx", "sneaky.skops"):
         await upload(alice, "models", directory / name)
     tiny = await deploy(alice, "tiny", "folder:models/tiny.onnx")
+    net = await deploy(alice, "net", "folder:models/net.pt")
     clf = await deploy(alice, "clf", "folder:models/clf.skops")
     broken = await deploy(alice, "broken", "folder:models/broken.onnx")
     sneaky = await deploy(alice, "sneaky", "folder:models/sneaky.skops")
@@ -94,6 +105,7 @@ async def test_uploaded_onnx_and_skops_models_answer_every_protocol(
         assert says in failed["message"], failed["message"]  # the loader's own error
     tiny = await hub.wait_status(alice, tiny["id"], {"running"}, timeout=180)
     clf = await hub.wait_status(alice, clf["id"], {"running"}, timeout=180)
+    net = await hub.wait_status(alice, net["id"], {"running"}, timeout=180)
 
     x = expected["x"]
     address = urlsplit(hub.url).netloc
@@ -111,6 +123,10 @@ async def test_uploaded_onnx_and_skops_models_answer_every_protocol(
     assert one == [expected["sklearn"][0]]
     status = await curl_json(*auth, f"{url}/v1/models/clf")
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+    # TorchScript, with tritonclient
+    torch_out = await asyncio.to_thread(torch_infer, address, {**owner, "Host": urlsplit(net["url"]).netloc}, x)
+    assert np.allclose(torch_out, expected["torch"], atol=1e-6)
 
     # a wrong shape is the protocol's 400 with its error body, through the proxy
     wrong = await curl(*auth, "-w", "\n%{http_code}", "-d", json.dumps({"inputs": [

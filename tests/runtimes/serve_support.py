@@ -69,6 +69,19 @@ joblib.dump(clf, out / "clf.joblib")
 expected["sklearn"] = skops.io.load(out / "clf.skops").predict(x.astype("float64")).tolist()
 
 
+import torch
+torch.manual_seed(0)
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+    def forward(self, x):
+        return torch.softmax(self.fc(x), dim=1)
+torch.jit.trace(Net(), torch.zeros(1, 4)).save(str(out / "net.pt"))  # trace: -c code has no source to script
+with torch.no_grad():
+    expected["torch"] = torch.jit.load(str(out / "net.pt"))(torch.from_numpy(x)).numpy().tolist()
+
+
 class Sneaky:  # loading it would mean trusting code skops does not know: what the server must refuse
     def predict(self, rows):
         return rows
@@ -80,7 +93,8 @@ skops.io.dump(Sneaky(), out / "sneaky.skops")
 
 
 def make_models(runtime: BuiltRuntime, directory: Path) -> dict[str, Any]:
-    """Write higgs-1.keras, higgs-2.keras, tiny.onnx, clf.skops, clf.joblib, sneaky.skops; return what they predict."""
+    """Write higgs-1.keras, higgs-2.keras, tiny.onnx, clf.skops, clf.joblib, net.pt (TorchScript), sneaky.skops;
+    return what they predict."""
     result = subprocess.run([str(runtime.python), "-c", MAKE_MODELS, str(directory)], capture_output=True,
                             text=True, timeout=180, env=clean_env(), stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -64,7 +64,7 @@ def test_train_runtime_pins_keras_on_jax_and_ships_the_program() -> None:
     train = BUILTIN["train"]
     pinned = dict(line.split("==") for line in train.requirements)
     assert {"keras", "jax", "jaxlib", "uproot", "awkward", "numpy", "fsspec", "fsspec-xrootd", "xrootd"} <= set(pinned)
-    assert not {"tensorflow", "torch"} & set(pinned)
+    assert not {"tensorflow", "torch"} & set(pinned)  # the serve runtime has torch (TorchScript); training, Keras
     assert train.module_paths() == (PACKAGE_DIR / "labhub_train.py",)
 
 

@@ -314,13 +314,27 @@ def test_a_skops_file_with_types_skops_does_not_trust_is_refused(serve_runtime: 
         ended.output()
 
 
-def test_torchscript_needs_a_runtime_with_torch(serve_runtime: BuiltRuntime, tmp_path: Path) -> None:
-    """The serve runtime leaves torch out (~850 MB): a .pt file is refused at start, saying why."""
-    (tmp_path / "net.pt").write_bytes(b"not loaded")
-    ended = run_to_exit(serve_runtime, tmp_path / "run", ["--model", str(tmp_path / "net.pt"), "--port", "0"])
+def test_a_torchscript_model_answers_as_torch_computes(serve_runtime: BuiltRuntime, models: tuple[Path, dict[str, Any]],
+                                                        tmp_path: Path) -> None:
+    """TorchScript declares no signature: v2 takes the request's datatype, v1's JSON numbers are FP32."""
+    directory, expected = models
+    with start_server(serve_runtime, tmp_path, ["--model", str(directory / "net.pt"), "--port", "0"]) as running:
+        assert running.port, running.output()
+        x = expected["x"]
+        status, body = post_json(f"{running.url}/v2/models/net/infer", {"inputs": [
+            {"name": "x", "shape": [len(x), 4], "datatype": "FP32", "data": [v for row in x for v in row]}]})
+        assert status == 200, body
+        got = np.asarray(body["outputs"][0]["data"]).reshape(body["outputs"][0]["shape"])
+        assert np.allclose(got, expected["torch"], atol=1e-6) and body["outputs"][0]["datatype"] == "FP32"
+        status, body = post_json(f"{running.url}/v1/models/net:predict", {"instances": x})
+        assert status == 200 and np.allclose(body["predictions"], expected["torch"], atol=1e-6)
+        status, body = post_json(f"{running.url}/v2/models/net/infer", {"inputs": [
+            {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+        assert status == 400 and "mat1 and mat2 shapes cannot be multiplied" in body["error"]
+    (tmp_path / "bad.pt").write_bytes(b"not a TorchScript archive")
+    ended = run_to_exit(serve_runtime, tmp_path / "run", ["--model", str(tmp_path / "bad.pt"), "--port", "0"])
     assert ended.process.returncode == 1
-    assert last_stderr_line(ended) == "ValueError: net.pt: ValueError: TorchScript needs torch, which this runtime " \
-        "does not include", ended.output()
+    assert last_stderr_line(ended).startswith("ValueError: bad.pt: "), ended.output()
 
 
 # ---------------------------------------------------------------- a LabHub job's artifact

@@ -23,8 +23,8 @@ default until it is deleted. The format comes from the suffix:
   Security: unpickling runs whatever code the file names, as this service's account. Pass the flag
   only for files that account's own user wrote, never for a file someone else can have written
   (nor with a ``--store`` others may upload to); ``.skops`` is the safe format;
-* ``.pt``, ``.pth``, ``.torchscript``: TorchScript through ``torch.jit.load``, where torch is installed.
-  The ``serve`` runtime leaves torch out (its CPU wheel is ~850 MB installed), so there they fail to load.
+* ``.pt``, ``.pth``, ``.torchscript``: TorchScript through ``torch.jit.load`` on the CPU. Such a file declares
+  no signature: v2 requests are taken with the datatypes they give, v1's JSON numbers as FP32.
 
 A ``.keras`` file written by ``labhub_train`` has ``NAME.json`` beside it (format ``labhub-train/1``:
 columns, widths, mins, maxs). TFaaS ``/json`` requests then name those columns and get the training's
