@@ -9,6 +9,8 @@
     for chunk in hub.log(job["id"]):  # the output, followed while it runs
         print(chunk, end="")
     hub.download(job["id"], "results/")
+    svc = hub.deploy(job["name"], name="higgs")   # its only model, as a service (see deploy)
+    print(hub.service(svc["id"])["url"])
 
 Every method raises :class:`HubError` (status, detail, fields) for an error answer.  Long
 transfers take a ``progress(done, total)`` callable; ``total`` is None when unknown.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 import tempfile
 import threading
@@ -28,6 +31,8 @@ from typing import IO, Any
 import httpx
 
 TERMINAL = frozenset({"stopped", "succeeded", "failed", "expired"})
+MODEL_SUFFIXES = (".keras", ".onnx", ".skops")  # what the model service loads (pickles only where a site allows)
+MODEL_SERVICE = "model-service"
 CHUNK = 1024 * 1024
 Progress = Callable[[int, int | None], None]
 
@@ -153,9 +158,11 @@ class Hub:
     # -- launching ------------------------------------------------------------------------
     def launch(self, template: str, name: str, *, size: str | None = None, hours: float | None = None,
                params: dict[str, Any] | None = None, input: str | None = None,  # noqa: A002
-               backend: str | None = None) -> dict[str, Any]:
+               backend: str | None = None, public: bool | None = None, min_replicas: int | None = None,
+               replicas: int | None = None) -> dict[str, Any]:
         body = {"template": template, "name": name, "size": size, "hours": hours, "params": params or {},
-                "input": input, "backend": backend}
+                "input": input, "backend": backend, "public": public, "min_replicas": min_replicas,
+                "replicas": replicas}
         return _check(self.http.post("/instances", json={k: v for k, v in body.items() if v is not None}))
 
     def submit(self, template: str, *, input: str | None = None, name: str | None = None,  # noqa: A002
@@ -199,6 +206,62 @@ class Hub:
                 if event["status"] in stops:
                     break
         return self.instance(instance_id)
+
+    # -- services -------------------------------------------------------------------------
+    def deploy(self, source: str | Path, name: str, *, size: str | None = None, hours: float | None = None,
+               public: bool = False, sleep_when_idle: bool = False, replicas: int | None = None,
+               folder: str = "models", template: str = MODEL_SERVICE,
+               progress: Progress | None = None) -> dict[str, Any]:
+        """Serve a model as the service ``name``; ``source`` (see :meth:`model_reference`) is a job's
+        only model (``JOB``), one artifact (``JOB/PATH``), an uploaded file (``folder:FOLDER/PATH``),
+        or a local file (a :class:`~pathlib.Path`), uploaded into ``folder`` first.
+
+        ``public``: anyone may call its inference routes without a token (rate-limited per client);
+        ``sleep_when_idle``: no process runs while it is idle, and the next request wakes it;
+        ``replicas``: processes serving it, each of the size (default one)."""
+        model = self.model_reference(source, folder=folder, progress=progress)
+        return self.launch(template, name, size=size, hours=hours, params={"model": model}, public=public,
+                           min_replicas=0 if sleep_when_idle else 1, replicas=replicas)
+
+    def model_reference(self, source: str | Path, *, folder: str = "models",
+                        progress: Progress | None = None) -> str:
+        """What a service's ``model`` parameter names for ``source``: ``JOB/PATH`` and
+        ``folder:FOLDER/PATH`` as they are; ``JOB`` as its one artifact ending in .keras, .onnx or
+        .skops (an error, listing them, when it has several or none); a local file (a ``Path``)
+        uploaded into ``folder`` first, then as ``folder:FOLDER/NAME`` (its name with characters a
+        model's path may not have, such as spaces, as ``_``)."""
+        if isinstance(source, Path):
+            name = _model_file_name(source.name)
+            self.upload(source, folder=folder, progress=progress, filename=name)
+            return f"folder:{folder}/{name}"
+        if source.startswith("folder:") or "/" in source:
+            return source
+        job = self.find(source)
+        if job["kind"] != "job":
+            raise HubError(422, f"{source!r} is a {job['kind']}, not a job", {"model": "name a job or a file"})
+        models = [a["path"] for a in self.artifacts(job["id"])["items"] if a["path"].endswith(MODEL_SUFFIXES)]
+        if not models:
+            raise HubError(422, f"job {source!r} left no model ({', '.join(MODEL_SUFFIXES)})",
+                           {"model": "name a job that wrote one, or a file"})
+        if len(models) > 1:
+            listed = ", ".join(f"{source}/{m}" for m in models)
+            raise HubError(422, f"job {source!r} left several models: name one of {listed}",
+                           {"model": f"one of {listed}"})
+        return f"{source}/{models[0]}"
+
+    def service(self, instance_id: str) -> dict[str, Any]:
+        """A service's status, URL, access, models and counters (``models``/``metrics`` None unless running)."""
+        return _check(self.http.get(f"/instances/{instance_id}/service"))
+
+    def change_service(self, instance_id: str, *, public: bool | None = None,
+                       sleep_when_idle: bool | None = None) -> dict[str, Any]:
+        """Make a service public or private, or let it sleep when idle or not; the instance as it is now."""
+        body: dict[str, Any] = {}
+        if public is not None:
+            body["public"] = public
+        if sleep_when_idle is not None:
+            body["min_replicas"] = 0 if sleep_when_idle else 1
+        return _check(self.http.patch(f"/instances/{instance_id}", json=body))
 
     # -- output ---------------------------------------------------------------------------
     def log(self, instance_id: str, *, follow: bool = True, start: int = -64 * 1024) -> Iterator[str]:
@@ -257,15 +320,15 @@ class Hub:
         return _check(self.http.get(f"/folders/{name}"))
 
     def upload(self, source: str | Path, *, folder: str, progress: Progress | None = None,
-               strip_top: bool = False) -> dict[str, Any]:
+               strip_top: bool = False, filename: str | None = None) -> dict[str, Any]:
         """Upload a directory (its contents, sent as one tar.gz made while it is sent), an archive
-        (extracted by the hub) or a single file into ``folder``."""
+        (extracted by the hub) or a single file (as ``filename``, default its own name) into ``folder``."""
         source = Path(source)
         if source.is_dir():
             return self._upload_dir(source, folder, progress)
         size = source.stat().st_size
         with open(source, "rb") as fh:
-            resp = self.http.post(f"/folders/{folder}/upload", params={"filename": source.name,
+            resp = self.http.post(f"/folders/{folder}/upload", params={"filename": filename or source.name,
                                                                          "strip_top": strip_top},
                                   content=iter(_Reader(fh, size, progress)),
                                   headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
@@ -311,6 +374,37 @@ class Hub:
 
     def delete_folder(self, name: str, path: str | None = None) -> None:
         _check(self.http.delete(f"/folders/{name}" + (f"/files/{path}" if path else "")))
+
+
+def _model_file_name(name: str) -> str:
+    """``name`` as a model's path allows it: letters, digits, ``._-``, not starting with ``.`` or ``-``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return "_" + cleaned if cleaned[:1] in (".", "-", "") else cleaned
+
+
+def call_examples(url: str, model: str, *, public: bool = False,
+                  keys: list[str] | None = None) -> dict[str, str]:
+    """``curl`` commands calling the service at ``url`` (ending in ``/``) three ways: ``v2`` (KServe's
+    Open Inference Protocol), ``v1`` (TensorFlow Serving's :predict) and ``tfaas`` (TFaaS's /json),
+    with ``$TOKEN`` unless it is public.  ``keys``: the input names /json takes, when known.
+
+    The hub's service page builds the same text in its script (static/service.js)."""
+    names = keys or ["x1", "x2"]
+    zeros = [0.0] * len(names)
+    auth = "" if public else '-H "Authorization: Bearer $TOKEN" '
+    head = f"curl {auth}-H 'Content-Type: application/json' \\\n  -d "
+    v2 = {"inputs": [{"name": "INPUT", "shape": [1, len(names)], "datatype": "FP32", "data": zeros}]}
+    return {
+        "v2": f"# its inputs (names, datatypes, shapes): curl {auth}{url}v2/models/{model}\n"
+              f"{head}{_quote(json.dumps(v2))} \\\n  {url}v2/models/{model}/infer",
+        "v1": f"{head}{_quote(json.dumps({'instances': [zeros]}))} \\\n  {url}v1/models/{model}:predict",
+        "tfaas": f"{head}{_quote(json.dumps({'keys': names, 'values': zeros, 'model': model}))} \\\n  {url}json",
+    }
+
+
+def _quote(text: str) -> str:
+    """``text`` in single quotes for a POSIX shell."""
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _merge_into(source: Path, dest: Path) -> None:

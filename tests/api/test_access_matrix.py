@@ -85,6 +85,8 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/instances/{instance_id}"): OWNER,
     ("PATCH", "/api/v1/instances/{instance_id}"): SERVICE,
     ("GET", "/api/v1/instances/{instance_id}/service"): JOB,  # 404 for a workspace: "only services have"
+    ("POST", "/instances/{instance_id}/deploy"): JOB,
+    ("POST", "/instances/{instance_id}/service"): SERVICE,
     ("GET", "/api/v1/instances/{instance_id}/events"): OWNER,
     ("GET", "/api/v1/instances/{instance_id}/logs"): OWNER,
     ("POST", "/api/v1/instances/{instance_id}/callhome"): INSTANCE_TOKEN,

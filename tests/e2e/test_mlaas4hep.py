@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.services_support import check_the_three_protocols, curl, curl_json
 from tests.runtimes.conftest import root_files, runtimes_root, serve_runtime, train_runtime  # noqa: F401 - fixtures
 from tests.runtimes.servers import http_server, xrootd_server
 from tests.runtimes.support import MODEL, PARAMS
@@ -44,17 +45,6 @@ def folder_tarball(tmp_path: Path, root_files: dict[str, Path], file_list: list[
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(top, arcname="folder_to_upload")
     return archive
-
-
-async def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(subprocess.run, ["curl", "-sS", "--max-time", "120", *args],
-                                   capture_output=True, text=True, check=False)
-
-
-async def curl_json(*args: str) -> dict:
-    done = await curl(*args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 async def wait_done(url: str, token: str, process: str, timeout: float = 300) -> dict:
@@ -197,8 +187,9 @@ async def test_the_same_training_through_the_cli_with_an_epochs_override(hub, tm
 async def test_a_trained_model_deployed_as_a_service_answers_through_the_proxy(
         start_hub, sqlite_url, tmp_path, root_files, train_runtime, serve_runtime, runtimes_root):  # noqa: F811
     """Train with the MLaaS4HEP template, deploy the artifact with the model-service template (the serve
-    runtime's KServe server on the instance's own origin), call it with the v2 protocol through the hub's
-    proxy: the answer is the model's own prediction; without the token there is none."""
+    runtime's KServe server on the instance's own origin), call it through the hub's proxy with tritonclient
+    (v2), curl (TF-Serving's v1, TFaaS's /json): each answer is the model's own prediction; without the
+    token there is none."""
     serve = serve_runtime
     hub = await start_hub(sqlite_url, runtimes_dir=runtimes_root)
     alice = await hub.user("alice")
@@ -220,22 +211,4 @@ async def test_a_trained_model_deployed_as_a_service_answers_through_the_proxy(
         "template": "model-service", "name": "higgs", "params": {"model": "higgs-1/higgs.keras"}})).json()
     running = await hub.wait_status(alice, svc["id"], {"running"}, timeout=180)
     assert running["kind"] == "service"
-    http = hub.instance_client(alice, running)
-    meta = (await http.get("/v2/models/higgs")).json()
-    width = meta["inputs"][0]["shape"][-1]
-    rows = [[0.1 * (i + j) % 1 for j in range(width)] for i in range(3)]
-    body = {"inputs": [{"name": meta["inputs"][0]["name"], "shape": [3, width], "datatype": "FP32",
-                        "data": [x for row in rows for x in row]}]}
-    answer = await http.post("/v2/models/higgs/infer", json=body)
-    assert answer.status_code == 200, answer.text
-    got = answer.json()["outputs"][0]["data"]
-    own = subprocess.run([str(serve.python), "-c", (
-        "import json, os, sys; os.environ['KERAS_BACKEND'] = 'jax'; import keras, numpy as np; "
-        "m = keras.saving.load_model(sys.argv[1]); "
-        "print(json.dumps(m.predict(np.array(json.loads(sys.argv[2]), dtype='float32'), verbose=0).ravel().tolist()))"),
-        str(hub.hub.jobs.output(job["id"]) / "higgs.keras"), json.dumps(rows)],
-        capture_output=True, text=True, timeout=120)
-    assert own.returncode == 0, own.stderr
-    assert got == pytest.approx(json.loads(own.stdout), abs=1e-5)
-    anonymous = hub.instance_client(None, running)
-    assert (await anonymous.post("/v2/models/higgs/infer", json=body)).status_code in (401, 403)
+    await check_the_three_protocols(hub, alice, running, job, serve)

@@ -24,7 +24,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 README_SCREENSHOTS = ROOT / "docs" / "screenshots"
-README_PAGES = {"home", "launch", "progress", "admin"}
+README_PAGES = {"home", "launch", "progress", "admin", "service"}
 PASSWORD = "correct-horse-battery"  # noqa: S105 - test accounts
 # the hub (127.0.0.1) and instances on origins of their own (*.localhost, which Chromium resolves to loopback)
 LOCAL = re.compile(r"^(?!(?:https?|wss?)://(?:127\.0\.0\.1|[a-z0-9-]+\.localhost)[:/]).*")

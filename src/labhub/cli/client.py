@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -65,7 +66,8 @@ def _params(items: list[str] | None) -> dict[str, Any]:
 
 def login(
     url: Annotated[str, typer.Option(prompt="Hub URL", help="e.g. http://127.0.0.1:8000")],
-    token: Annotated[str, typer.Option(prompt="API token", hide_input=True, help="from the Tokens page or `labhub token issue`")],
+    token: Annotated[str, typer.Option(prompt="API token", hide_input=True,
+                                       help="from the Tokens page or `labhub token issue`")],
 ) -> None:
     """Save the hub URL and an API token for the other client commands."""
     from labhub.client import Hub, HubError, save_credentials
@@ -113,7 +115,8 @@ def submit(
     hours: Annotated[float | None, typer.Option("--hours", help="time limit")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE (JSON values allowed)")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until it has ended; exit 1 unless it succeeded")] = False,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="print its log while it runs (implies --wait)")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="print its log while it runs (implies --wait)")] = False,
 ) -> None:
     """Submit a job from TEMPLATE (a job template, e.g. mlaas4hep)."""
     with _hub() as hub:
@@ -140,9 +143,22 @@ def ls(all_users: Annotated[bool, typer.Option("--all", help="admins: every user
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'NAME':<20} {'OWNER':<12} {'TEMPLATE':<14} {'SIZE':<8} {'STATUS':<10} URL")
+    typer.echo(f"{'NAME':<20} {'OWNER':<12} {'TEMPLATE':<14} {'SIZE':<8} {'STATUS':<10} {'SERVICE':<24} URL")
     for r in rows:
-        typer.echo(f"{r['name']:<20} {r['owner']:<12} {r['template']:<14} {r['size']:<8} {r['status']:<10} {r['url']}")
+        typer.echo(f"{r['name']:<20} {r['owner']:<12} {r['template']:<14} {r['size']:<8} {r['status']:<10} "
+                   f"{_service_notes(r) or '-':<24} {r['url']}")
+
+
+def _service_notes(row: dict[str, Any]) -> str:
+    """What `ls` says of a service besides its status: public, sleeps when idle."""
+    if row["kind"] != "service":
+        return ""
+    notes = ["public" if row.get("public") else "private"]
+    if row.get("min_replicas") == 0:
+        notes.append("sleeps when idle")
+    if (row.get("replicas") or 1) > 1:
+        notes.append(f"{row['replicas']} replicas")
+    return ", ".join(notes)
 
 
 def stop(name: str) -> None:
@@ -171,7 +187,8 @@ def _text(resp: Any) -> str:
     return _check(resp)
 
 
-def events(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False) -> None:
+def events(name: str,
+           follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False) -> None:
     """Print NAME's events."""
     with _hub() as hub:
         for e in hub.events(hub.find(name)["id"], follow=follow):
@@ -182,7 +199,8 @@ def upload(
     source: Annotated[Path, typer.Argument(help="a directory, an archive (tar.gz, tar, zip) or a file",
                                            exists=True, readable=True)],
     name: Annotated[str, typer.Option("--name", "-n", help="the folder to upload into (created if needed)")],
-    strip_top: Annotated[bool, typer.Option("--strip-top", help="an archive of one top directory: its contents")] = False,
+    strip_top: Annotated[bool, typer.Option("--strip-top",
+                                            help="an archive of one top directory: its contents")] = False,
 ) -> None:
     """Upload inputs into a folder (a directory is sent as one tar.gz, made while it is sent)."""
     with _hub() as hub, _progress(f"uploading {source.name}") as progress:
@@ -239,6 +257,152 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+# -- services ---------------------------------------------------------------------------------
+service_app = typer.Typer(help="Your services: who may call them, whether they sleep, how they are doing.",
+                          no_args_is_help=True)
+
+
+def deploy(
+    source: Annotated[str, typer.Argument(help="JOB (its only model), JOB/PATH (one of its artifacts), "
+                                               "folder:FOLDER/PATH, or a local file (uploaded first)")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="the service's name (default: the model's)")] = None,
+    size: Annotated[str | None, typer.Option("--size", "-s")] = None,
+    hours: Annotated[float | None, typer.Option("--hours", help="how long it runs")] = None,
+    public: Annotated[bool, typer.Option("--public", help="anyone may call it without a token (rate-limited)")] = False,
+    sleep: Annotated[bool, typer.Option("--sleep-when-idle", help="no process while idle; the next request "
+                                                                  "wakes it")] = False,
+    replicas: Annotated[int | None, typer.Option("--replicas", help="processes serving it, each of the size")] = None,
+    folder: Annotated[str, typer.Option("--folder", help="the folder a local file is uploaded into")] = "models",
+    wait: Annotated[bool, typer.Option("--wait", help="wait until it serves (or fails)")] = False,
+) -> None:
+    """Serve a model (a job's artifact or a file) as an HTTP endpoint; print how to call it.
+
+    A SOURCE that is a file here is uploaded into --folder first; a job's name alone means its only .keras, .onnx or
+    .skops artifact."""
+    from labhub.client import MODEL_SUFFIXES
+
+    local = Path(source) if Path(source).is_file() else None
+    if local is not None and not local.name.endswith(MODEL_SUFFIXES):
+        typer.echo(f"warning: {local.name} is not {', '.join(MODEL_SUFFIXES)}: the service may not load it", err=True)
+    with _hub() as hub:
+        if local is not None:
+            with _progress(f"uploading {local.name}") as progress:
+                model = hub.model_reference(local, folder=folder, progress=progress)
+            typer.echo(f"uploaded {local} as {model}")
+        else:
+            model = hub.model_reference(source)
+        inst = hub.deploy(model, name or _name_of(model), size=size, hours=hours, public=public,
+                          sleep_when_idle=sleep, replicas=replicas)
+        typer.echo(f"{inst['name']}: {inst['status']} ({inst['id']}), serving {model}")
+        served = None
+        if wait:
+            inst = hub.wait(inst["id"], until={"running"}, on_event=_show_event)
+            typer.echo(f"{inst['name']}: {inst['status']}")
+            if inst["status"] != "running":
+                typer.echo(inst["message"].split("\n--- last log lines ---")[0], err=True)
+                raise typer.Exit(1)
+            served = _first_model(hub, inst["id"])
+    _how_to_call(inst, served or (_stem(model), None))
+
+
+def _stem(model: str) -> str:
+    """The model's name in the service: its file's name without the suffix."""
+    return PurePosixPath(model.removeprefix("folder:")).stem
+
+
+def _name_of(model: str) -> str:
+    """A service name from the model's file name (``higgs.keras`` -> ``higgs``)."""
+    name = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", _stem(model).lower()))[:63].strip("-")
+    return name or "model"
+
+
+def _first_model(hub: Hub, instance_id: str) -> tuple[str, list[str] | None] | None:
+    """The first model a running service reports, and the keys its /json takes."""
+    from labhub.client import HubError
+
+    try:
+        models = hub.service(instance_id)["models"]
+    except HubError:
+        return None
+    return _first_of(models)
+
+
+def _first_of(models: list[dict[str, Any]] | None) -> tuple[str, list[str] | None] | None:
+    if not models or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}", str(models[0]["name"])):
+        return None  # the calls name it unquoted in a URL: only a plain name (its owner names a model)
+    keys = models[0].get("keys")
+    return str(models[0]["name"]), [str(k) for k in keys] if isinstance(keys, list) and keys else None
+
+
+def _how_to_call(inst: dict[str, Any], model: tuple[str, list[str] | None]) -> None:
+    from labhub.client import call_examples
+
+    typer.echo(f"\nURL: {inst['url']}")
+    public = bool(inst.get("public"))
+    typer.echo("Public: anyone may call it, rate-limited." if public else
+               "Callers send a token: TOKEN=<an API token with the infer scope, from the Tokens page>")
+    titles = {"v2": "KServe v2 (Open Inference Protocol)", "v1": "TensorFlow Serving", "tfaas": "TFaaS"}
+    for key, text in call_examples(inst["url"], model[0], public=public, keys=model[1]).items():
+        typer.echo(f"\n{titles[key]}:\n{text}")
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        typer.echo(f"error: expected on or off, not {value!r}", err=True)
+        raise typer.Exit(2)
+    return value == "on"
+
+
+def _service(hub: Hub, name: str) -> dict[str, Any]:
+    from labhub.client import HubError
+
+    inst = hub.find(name)
+    if inst["kind"] != "service":
+        raise HubError(422, f"{name!r} is a {inst['kind']}, not a service")
+    return inst
+
+
+@service_app.command("public")
+def service_public(name: str, state: Annotated[str, typer.Argument(metavar="on|off")]) -> None:
+    """Make your service NAME public (on: anyone may call its inference routes, rate-limited) or private."""
+    with _hub() as hub:
+        inst = hub.change_service(_service(hub, name)["id"], public=_on_off(state))
+    typer.echo(f"{inst['name']} is " + ("public: anyone may call its inference routes (rate-limited)"
+                                        if inst["public"] else "private: callers need a token"))
+
+
+@service_app.command("sleep")
+def service_sleep(name: str, state: Annotated[str, typer.Argument(metavar="on|off")]) -> None:
+    """Let your service NAME sleep when idle (on: the next request wakes it) or keep it running (off)."""
+    with _hub() as hub:
+        inst = hub.change_service(_service(hub, name)["id"], sleep_when_idle=_on_off(state))
+    typer.echo(f"{inst['name']} " + ("sleeps when idle; the next request wakes it" if inst["min_replicas"] == 0
+                                     else "keeps running when idle"))
+
+
+@service_app.command("show")
+def service_show(name: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Your service NAME: status, URL, models, counters since it started, and how to call it."""
+    with _hub() as hub:
+        inst = _service(hub, name)
+        info = hub.service(inst["id"])
+    if json_out:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{inst['name']}: {info['status']}" + (", public" if info["public"] else "")
+               + (", sleeps when idle" if info["min_replicas"] == 0 else ""))
+    for m in info["models"] or []:
+        typer.echo(f"  model {m['name']}: versions {', '.join(map(str, m['versions']))} "
+                   f"(default {m['default_version']}), {m['format']}")
+    for key, counts in sorted(((info["metrics"] or {}).get("models") or {}).items()):
+        mean = counts["seconds_sum"] / counts["seconds_count"] * 1000 if counts["seconds_count"] else 0.0
+        typer.echo(f"  {key}: {counts['requests']} requests, {counts['errors']} errors, mean {mean:.1f} ms")
+    models = info["models"] or []
+    first = _first_of(models) or (_stem(str(inst["params"].get("model", "model"))), None)
+    _how_to_call(inst | {"public": info["public"]}, first)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (login, launch, submit, ls, stop, logs, events, upload, folders, download):
+    for command in (login, launch, submit, deploy, ls, stop, logs, events, upload, folders, download):
         app.command()(command)
+    app.add_typer(service_app, name="service")

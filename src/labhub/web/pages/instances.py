@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
@@ -13,11 +14,14 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.api.deps import HubDep, SessionDep
+from labhub.catalog import Template
+from labhub.client import MODEL_SERVICE, MODEL_SUFFIXES, call_examples
 from labhub.hub import Hub
 from labhub.models import Event, Instance, Kind, Status, User
+from labhub.services import groups, origins, users, views
 from labhub.services import instances as svc
-from labhub.services import origins, users, views
-from labhub.services.errors import Forbidden
+from labhub.services.errors import Forbidden, Invalid, NotFound, ServiceError
+from labhub.services.instances import template_allowed
 from labhub.web.pages.common import PageUser, Viewer, check_csrf, render, safe_next
 
 router = APIRouter(include_in_schema=False)
@@ -55,12 +59,23 @@ async def progress(instance_id: str, request: Request, user: PageUser, session: 
 
 @router.get("/instances/{instance_id}")
 async def details(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
+    return await _details(request, session, hub, user, instance_id)
+
+
+async def _details(request: Request, session: AsyncSession, hub: Hub, user: User, instance_id: str, *,
+                   deploy_form: dict[str, Any] | None = None, deploy_fields: dict[str, str] | None = None,
+                   deploy_error: str = "", status: int = 200) -> Response:
+    """An instance's page; a job's offers to deploy its models, a service's shows how to call it."""
     inst, events = await _with_events(session, user, instance_id)
     job = await _job_facts(session, hub, user, inst) if inst.kind == Kind.JOB else None
-    return render(request, "instance.html", section="admin" if inst.owner_id != user.id else "home", inst=inst,
-                  events=events, after=events[-1].id if events else 0, tpl=hub.catalog.get(inst.template),
-                  explanation=views.explain_end(inst, events=events), address=hub.instance_url(inst), job=job,
-                  keep_days=hub.jobs.settings.artifact_days)
+    deploy = await _deploy_choices(session, hub, user, inst, job, deploy_form) if job else None
+    address = hub.instance_url(inst)
+    service = _service_facts(hub, inst, address) if inst.kind == Kind.SERVICE else None
+    return render(request, "instance.html", status=status, section="admin" if inst.owner_id != user.id else "home",
+                  inst=inst, events=events, after=events[-1].id if events else 0, tpl=hub.catalog.get(inst.template),
+                  explanation=views.explain_end(inst, events=events), address=address, job=job,
+                  keep_days=hub.jobs.settings.artifact_days, deploy=deploy, deploy_fields=deploy_fields or {},
+                  deploy_error=deploy_error, service=service)
 
 
 ARTIFACTS_SHOWN = 500  # a job's page lists this many artifacts at most (the tar.gz has all)
@@ -77,6 +92,133 @@ async def _job_facts(session: AsyncSession, hub: Hub, user: User, inst: Instance
                           for e in entries],
             "truncated": truncated, "bytes": inst.output_bytes if truncated and inst.output_bytes else shown,
             "folder_exists": folder_exists}
+
+
+# -- services: deploying a job's model, and a service's options ---------------------------------------
+def _models_of(job: dict[str, Any]) -> list[str]:
+    """The job's artifacts the model service loads."""
+    return [a["path"] for a in job["artifacts"] if a["path"].endswith(MODEL_SUFFIXES)]
+
+
+def _service_template(hub: Hub, user: User, member_of: set[str]) -> Template | None:
+    tpl = hub.catalog.get(MODEL_SERVICE)
+    return tpl if tpl is not None and tpl.kind == "service" and template_allowed(tpl, user=user, groups=member_of) \
+        else None
+
+
+async def _deploy_choices(session: AsyncSession, hub: Hub, user: User, inst: Instance, job: dict[str, Any],
+                          form: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the job page's "Deploy this model" form offers: its owner's, once it succeeded with models."""
+    models = _models_of(job)
+    if inst.owner_id != user.id or inst.status != Status.SUCCEEDED or not models:
+        return None
+    tpl = _service_template(hub, user, await groups.names_of(session, user))
+    if tpl is None:
+        return None
+    sizes = [c for c in views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends) if c.allowed]
+    if not sizes:
+        return None
+    taken = await views.active_names(session, user=user)
+    base = f"{inst.name[:59].rstrip('-')}-svc"
+    assert tpl.service is not None
+    defaults = {"model": models[0], "name": base if base not in taken else views.suggest_name(base, taken),
+                "size": views.default_size(tpl, sizes), "public": False, "sleep": tpl.service.min_replicas == 0,
+                "replicas": "1"}
+    return {"models": models, "sizes": sizes, "hours": tpl.hours.default, "idle": duration(tpl.service.idle_s),
+            "max_replicas": tpl.service.max_replicas,
+            "form": {**defaults, **(form or {})}}
+
+
+DEPLOY_FIELDS = {"params.model": "model", "template": "name", "min_replicas": "sleep"}  # API field -> form's
+
+
+@router.post("/instances/{instance_id}/deploy")
+async def deploy(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
+    """Serve one of a finished job's models (the model service, ``model=JOB/PATH``); its page next."""
+    data = await request.form()
+    check_csrf(request, str(data.get("csrf_token", "")))
+    job: Instance = await svc.get_instance(session, user=user, instance_id=instance_id)
+    if job.kind != Kind.JOB:
+        raise NotFound("only jobs have models to deploy")
+    if job.owner_id != user.id:  # JOB/PATH names one of the caller's own jobs: an admin's would be theirs
+        raise Forbidden("only its owner can deploy a job's model")
+    raw = {k: v for k, v in data.items() if isinstance(v, str)}
+    form = {"model": raw.get("model", ""), "name": raw.get("name", "").strip(), "size": raw.get("size", ""),
+            "public": "public" in raw, "sleep": "sleep_when_idle" in raw, "replicas": raw.get("replicas", "")}
+    replicas, replicas_error = parse_replicas(form["replicas"])
+    member_of = await groups.names_of(session, user)
+    entries, _ = await hub.jobs.artifacts(job.id, limit=ARTIFACTS_SHOWN)
+    if job.status != Status.SUCCEEDED or _service_template(hub, user, member_of) is None:
+        return await _details(request, session, hub, user, instance_id, status=409,
+                              deploy_error="Only a job that succeeded can be deployed, with the model service.")
+    if form["model"] not in _models_of({"artifacts": [{"path": e.path} for e in entries]}):
+        return await _details(request, session, hub, user, instance_id, deploy_form=form, status=422,
+                              deploy_fields={"model": "choose one of the job's models"})
+    if replicas_error:
+        return await _details(request, session, hub, user, instance_id, deploy_form=form, status=422,
+                              deploy_fields={"replicas": replicas_error})
+    try:
+        inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
+                                backends=hub.backends, template=MODEL_SERVICE, name=form["name"],
+                                size=form["size"] or None, params={"model": f"{job.name}/{form['model']}"},
+                                public=form["public"], min_replicas=0 if form["sleep"] else 1, replicas=replicas,
+                                groups=member_of, now=hub.clock())
+    except ServiceError as exc:
+        fields = {DEPLOY_FIELDS.get(k, k): v for k, v in exc.fields.items()}
+        return await _details(request, session, hub, user, instance_id, deploy_form=form, deploy_fields=fields,
+                              status=exc.status, deploy_error="" if fields else exc.message)
+    await session.commit()
+    return RedirectResponse(f"/instances/{inst.id}", status_code=303)
+
+
+def parse_replicas(raw: str) -> tuple[int | None, str | None]:
+    """A service form's replicas field (empty: the default, one)."""
+    if not raw.strip():
+        return None, None
+    try:
+        return int(raw), None
+    except ValueError:
+        return None, "must be a whole number, e.g. 2"
+
+
+def _service_facts(hub: Hub, inst: Instance, address: str) -> dict[str, Any]:
+    """What a service's page shows before its script asks the service: how to call it (the model's
+    name as the service names it: its file's stem), whether it is public, how long it idles."""
+    ref = str((inst.params or {}).get("model") or "")
+    model = PurePosixPath(ref.removeprefix("folder:")).stem or inst.name
+    tpl = hub.catalog.get(inst.template)
+    idle_s = tpl.service.idle_s if tpl is not None and tpl.service is not None else None
+    return {"model": model, "source": ref, "idle": duration(idle_s) if idle_s else "",
+            "calls": call_examples(address, model, public=bool(inst.public))}
+
+
+def duration(seconds: float) -> str:
+    """``90 s``, ``15 min``, ``2 h``."""
+    minutes = seconds / 60
+    return f"{seconds:g} s" if seconds < 120 else f"{minutes:g} min" if minutes < 120 else f"{minutes / 60:g} h"
+
+
+@router.post("/instances/{instance_id}/service")
+async def change_service(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                         csrf_token: Annotated[str, Form()] = "", public: Annotated[str, Form()] = "",
+                         sleep_when_idle: Annotated[str, Form()] = "") -> Response:
+    """The service section's buttons: ``public`` 1/0 makes it public or private, ``sleep_when_idle``
+    1/0 lets it sleep when idle or keeps it running (its owner's or an admin's)."""
+    check_csrf(request, csrf_token)
+    sleep = _flag(sleep_when_idle, "sleep_when_idle")
+    inst = await svc.change_service(session, user=user, instance_id=instance_id, public=_flag(public, "public"),
+                                    min_replicas=None if sleep is None else 0 if sleep else 1, now=hub.clock())
+    await session.commit()
+    await hub.refresh_routes({inst.id})  # this replica's proxy at once (the others follow the change's notice)
+    return RedirectResponse(f"/instances/{inst.id}#service", status_code=303)
+
+
+def _flag(value: str, field: str) -> bool | None:
+    if not value:
+        return None
+    if value not in ("0", "1"):
+        raise Invalid("invalid change", fields={field: "must be 1 or 0"})
+    return value == "1"
 
 
 @router.post("/instances/{instance_id}/stop")
@@ -181,7 +323,8 @@ async def user_path(owner: str, name: str, path: str, request: Request, hub: Hub
         raise Forbidden("not your instance")
     html = "text/html" in request.headers.get("accept", "")
     # a sleeping service counts: its origin's next request wakes it
-    running = inst.status in (Status.RUNNING, Status.UNKNOWN, Status.SLEEPING) and hub.routes.get(owner, name) is not None
+    running = (inst.status in (Status.RUNNING, Status.UNKNOWN, Status.SLEEPING)
+               and hub.routes.get(owner, name) is not None)
     if hub.subdomains and running:
         rest = "/" + path + (f"?{request.url.query}" if request.url.query else "")
         if token:

@@ -6,20 +6,55 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.api.deps import HubDep, SessionDep
 from labhub.catalog import Template
+from labhub.client import MODEL_SUFFIXES
 from labhub.hub import Hub
-from labhub.models import Instance, User
+from labhub.models import TERMINAL, Instance, Kind, User
 from labhub.services import groups, views
 from labhub.services import instances as svc
 from labhub.services.errors import Forbidden, NotFound, ServiceError
 from labhub.services.instances import template_allowed
-from labhub.web.pages.common import PageUser, check_csrf, render
+from labhub.web.pages.common import PageUser, check_csrf, render, templates
 from labhub.web.pages.folders import size
+from labhub.web.pages.instances import duration, parse_replicas
 
 router = APIRouter(include_in_schema=False)
+
+
+def html_pattern(pattern: str) -> str:
+    """A parameter's (Python) pattern as an HTML ``pattern`` attribute, which browsers compile with
+    JavaScript's ``v`` flag: there a literal ``-``, ``/``, ``(``, ``)``, ``{``, ``}``, ``|`` or a first
+    ``]`` in a character class must be escaped, or the browser drops the pattern (and logs an error)."""
+    out, i, in_class, first = [], 0, False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                if i == first:
+                    c = "\\]"
+                else:
+                    in_class = False
+            elif c == "-" and (i == first or pattern[i + 1:i + 2] == "]"):
+                c = "\\-"
+            elif c in "/(){}|":
+                c = "\\" + c
+        elif c == "[":
+            in_class = True
+            first = i + 2 if pattern[i + 1:i + 2] == "^" else i + 1
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+templates.env.filters["html_pattern"] = html_pattern
 
 
 def _cards(hub: Hub, user: User, groups: set[str]) -> list[views.TemplateCard]:
@@ -49,9 +84,11 @@ async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: Us
     backends = [b for b in (tpl.backends or list(hub.backends)) if b in hub.backends]
     taken = sorted(await views.active_names(session, user=user))
     inputs = await _folder_choices(session, hub, user) if tpl.input != "none" else []
+    models = await _model_choices(session, hub, user) if _serves_a_model(tpl) else []
     return render(request, "launch.html", status=status, section="launch", tpl=tpl, card=card, sizes=choices,
                   backends=backends, taken=taken, form=form, fields=fields or {}, error=error,
-                  address=_address_pattern(hub, user.name), inputs=inputs)
+                  address=_address_pattern(hub, user.name), inputs=inputs, models=models,
+                  idle=_idle_text(tpl))
 
 
 async def _folder_choices(session: AsyncSession, hub: Hub, user: User) -> list[dict[str, str]]:
@@ -59,6 +96,42 @@ async def _folder_choices(session: AsyncSession, hub: Hub, user: User) -> list[d
     rows = await hub.folders.list(session, owner_id=user.id)
     return [{"name": r.name, "label": f"{r.name} ({r.files} file{'' if r.files == 1 else 's'}, {size(r.bytes)})"}
             for r in rows]
+
+
+def _serves_a_model(tpl: Template) -> bool:
+    """A service template with a ``model`` parameter (the model service's ``JOB/PATH``)."""
+    return tpl.kind == "service" and any(p.name == "model" for p in tpl.params)
+
+
+MODEL_JOBS = 30  # the model picker looks at this many of the newest jobs (by name) ...
+MODEL_FOLDERS = 30  # ... and folders
+MODEL_FILES = 2_000  # ... of this many files each
+
+
+async def _model_choices(session: AsyncSession, hub: Hub, user: User) -> list[dict[str, str]]:
+    """The model files of the user's ended jobs (``JOB/PATH``, the newest job of each name, as the
+    service resolves it) and folders (``folder:FOLDER/PATH``), for the model field's suggestions."""
+    rows = await session.execute(select(Instance.id, Instance.name, Instance.status).where(
+        Instance.owner_id == user.id, Instance.kind == Kind.JOB).order_by(Instance.created_at.desc()).limit(500))
+    newest: dict[str, tuple[str, str]] = {}
+    for iid, name, status in rows:
+        newest.setdefault(name, (iid, status))
+    out: list[dict[str, str]] = []
+    for name, (iid, status) in list(newest.items())[:MODEL_JOBS]:
+        if status not in TERMINAL:
+            continue
+        entries, _ = await hub.jobs.artifacts(iid, limit=MODEL_FILES)
+        out += [{"value": f"{name}/{e.path}", "label": f"job {name}: {e.path} ({size(e.size)})"}
+                for e in entries if e.path.endswith(MODEL_SUFFIXES)]
+    for folder in (await hub.folders.list(session, owner_id=user.id))[:MODEL_FOLDERS]:
+        _, entries, _ = await hub.folders.files(session, owner_id=user.id, name=folder.name, limit=MODEL_FILES)
+        out += [{"value": f"folder:{folder.name}/{e.path}", "label": f"folder {folder.name}: {e.path} ({size(e.size)})"}
+                for e in entries if e.path.endswith(MODEL_SUFFIXES)]
+    return out
+
+
+def _idle_text(tpl: Template) -> str:
+    return duration(tpl.service.idle_s) if tpl.service is not None else ""
 
 
 def _address_pattern(hub: Hub, owner: str) -> tuple[str, str]:
@@ -78,13 +151,16 @@ async def launch_form(template: str, request: Request, user: PageUser, session: 
     choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
     taken = await views.active_names(session, user=user)
     form: dict[str, Any] = {"name": views.suggest_name(tpl.name, taken), "size": views.default_size(tpl, choices),
-                            "hours": f"{tpl.hours.default:g}", "backend": "", "params": {}, "input": input}
+                            "hours": f"{tpl.hours.default:g}", "backend": "", "params": {}, "input": input,
+                            "public": False, "sleep": tpl.service is not None and tpl.service.min_replicas == 0,
+                            "replicas": "1"}
     if again:
         old = await svc.get_instance(session, user=user, instance_id=again)
         if old.template == tpl.name:
             form.update(name=old.name if old.name not in taken else form["name"], size=old.size,
                         hours=f"{old.hours:g}", backend=old.backend, params=dict(old.params or {}),
-                        input=input or old.input_folder or "")
+                        input=input or old.input_folder or "", public=bool(old.public),
+                        sleep=old.min_replicas == 0, replicas=str(old.replicas or 1))
     return await _form_page(request, session, hub, user, tpl, form=form)
 
 
@@ -111,7 +187,12 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
         fields["hours"] = hours_error
     form = {"name": name, "size": raw.get("size", ""), "hours": raw.get("hours", ""),
             "backend": raw.get("backend", ""), "params": {p.name: raw.get(f"param.{p.name}") for p in tpl.params},
-            "input": raw.get("input", "")}
+            "input": raw.get("input", ""), "public": "public" in raw, "sleep": "sleep_when_idle" in raw,
+            "replicas": raw.get("replicas", "")}
+    service = tpl.kind == "service"  # whether it is public, may sleep, and its replicas are a service's choices
+    replicas, replicas_error = parse_replicas(form["replicas"]) if service else (None, None)
+    if replicas_error:
+        fields["replicas"] = replicas_error
     if fields:
         return await _form_page(request, session, hub, user, tpl, form=form, fields=fields, status=422,
                                 error="Some fields need a change.")
@@ -119,7 +200,9 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
                                 backends=hub.backends, template=tpl.name, name=name, size=raw.get("size") or None,
                                 hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock(),
-                                groups=member_of, input=(raw.get("input") or None) if tpl.input != "none" else None)
+                                groups=member_of, input=(raw.get("input") or None) if tpl.input != "none" else None,
+                                public=form["public"] if service else None,
+                                min_replicas=(0 if form["sleep"] else 1) if service else None, replicas=replicas)
     except ServiceError as exc:
         return await _form_page(request, session, hub, user, tpl, form=form, fields=exc.fields, status=exc.status,
                                 error=_sentence(exc.message) if not exc.fields else "Some fields need a change.")
@@ -128,8 +211,9 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
 
 
 def _landing(inst: Instance) -> str:
-    """Where a launch goes next: a job's details (its log, metrics and artifacts), else its progress."""
-    return f"/instances/{inst.id}" if inst.kind == "job" else f"/instances/{inst.id}/progress"
+    """Where a launch goes next: a job's or a service's details (a job's log, metrics and artifacts; how
+    to call a service, and its traffic), else its progress (which opens a workspace once ready)."""
+    return f"/instances/{inst.id}/progress" if inst.kind == Kind.WORKSPACE else f"/instances/{inst.id}"
 
 
 def _sentence(text: str) -> str:
@@ -151,7 +235,9 @@ async def retry(instance_id: str, request: Request, user: PageUser, session: Ses
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
                                 backends=hub.backends, template=old.template, name=old.name, size=old.size,
                                 hours=old.hours, params=dict(old.params or {}), backend=old.backend, now=hub.clock(),
-                                groups=await groups.names_of(session, user), input=old.input_folder)
+                                groups=await groups.names_of(session, user), input=old.input_folder,
+                                **({"public": bool(old.public), "min_replicas": old.min_replicas,
+                                    "replicas": old.replicas} if old.kind == Kind.SERVICE else {}))
     except ServiceError:  # the name is taken again, or the template changed: let the user choose
         return RedirectResponse(f"/launch/{old.template}?again={old.id}", status_code=303)
     await session.commit()

@@ -19,6 +19,7 @@ SCOPE_HELP = {
     "read": "look, never change",
     "instances": "launch, list and stop instances",
     "jobs": "submit and manage jobs",
+    "infer": "only call your services' inference routes (for a script or app that asks a model)",
     "admin": "admin actions (admins only)",
 }
 EXPIRY_CHOICES = {"": "never", "1": "1 day", "7": "7 days", "30": "30 days", "90": "90 days", "365": "1 year"}

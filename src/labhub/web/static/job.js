@@ -11,7 +11,6 @@
   var api = "/api/v1/instances/" + id;
   var MAX_LINES = 5000, SLACK = 500;  // lines kept in the page; trimmed once SLACK more came
   var MAX_CHARS = 1000000;  // and characters (a job may write one endless line)
-  var SVG = "http://www.w3.org/2000/svg";
   var controller = window.AbortController ? new AbortController() : null;
 
   function ended() { return L.TERMINAL.indexOf(status) >= 0; }
@@ -101,33 +100,9 @@
   var W = 640, H = 260, M = { left: 56, right: 16, top: 12, bottom: 40 }, MAX_SERIES = 8;
   var metricsTimer = null;
 
-  function svg(tag, attrs, text) {
-    var node = document.createElementNS(SVG, tag);
-    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
-    if (text !== undefined) { node.textContent = text; }
-    return node;
-  }
+  var svg = L.svg, fmt = L.fmt, ticks = L.ticks;
 
   function isNumber(v) { return typeof v === "number" && isFinite(v); }
-
-  function fmt(v) {
-    if (v === 0) { return "0"; }
-    var a = Math.abs(v);
-    if (a >= 100000 || a < 0.001) { return v.toExponential(2); }
-    return String(Number(v.toPrecision(4)));
-  }
-
-  // About ``count`` round tick values; ``outer``: from one at or below lo to one at or above hi.
-  function ticks(lo, hi, count, outer) {
-    var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / count)));
-    var err = span / count / step;
-    if (err >= 7.5) { step *= 10; } else if (err >= 3.5) { step *= 5; } else if (err >= 1.5) { step *= 2; }
-    var first = (outer ? Math.floor(lo / step + 1e-9) : Math.ceil(lo / step - 1e-9)) * step;
-    var last = outer ? Math.ceil(hi / step - 1e-9) * step : hi;
-    var out = [];
-    for (var t = first; t <= last + step * 1e-9; t += step) { out.push(Number(t.toPrecision(12))); }
-    return out;
-  }
 
   function draw(points) {
     var keys = [];

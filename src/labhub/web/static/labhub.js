@@ -87,20 +87,54 @@
     return li;
   }
 
+  // data-copy="#id": an input's value, or an element's text (a command in a <pre>).
   function copyButtons() {
     document.querySelectorAll("[data-copy]").forEach(function (button) {
       button.addEventListener("click", function () {
-        var input = document.querySelector(button.getAttribute("data-copy"));
+        var source = document.querySelector(button.getAttribute("data-copy"));
+        var isInput = "value" in source && source.tagName !== "BUTTON";
         var status = document.querySelector("[data-copy-status]");
         function done(ok) {
           if (status) { status.textContent = ok ? "Copied to the clipboard." : "Select the text and copy it (Ctrl+C)."; }
-          if (!ok) { input.focus(); input.select(); }
+          if (ok) { return; }
+          source.focus();
+          if (isInput) { source.select(); } else { window.getSelection().selectAllChildren(source); }
         }
         if (navigator.clipboard && window.isSecureContext) {
-          navigator.clipboard.writeText(input.value).then(function () { done(true); }, function () { done(false); });
+          navigator.clipboard.writeText(isInput ? source.value : source.textContent)
+            .then(function () { done(true); }, function () { done(false); });
         } else { done(false); }
       });
     });
+  }
+
+  // -- charts (inline SVG, drawn by the page scripts) ----------------------------------------------
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, text) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (text !== undefined) { node.textContent = text; }
+    return node;
+  }
+
+  function fmt(v) {
+    if (v === 0) { return "0"; }
+    var a = Math.abs(v);
+    if (a >= 100000 || a < 0.001) { return v.toExponential(2); }
+    return String(Number(v.toPrecision(4)));
+  }
+
+  // About ``count`` round tick values; ``outer``: from one at or below lo to one at or above hi.
+  function ticks(lo, hi, count, outer) {
+    var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / count)));
+    var err = span / count / step;
+    if (err >= 7.5) { step *= 10; } else if (err >= 3.5) { step *= 5; } else if (err >= 1.5) { step *= 2; }
+    var first = (outer ? Math.floor(lo / step + 1e-9) : Math.ceil(lo / step - 1e-9)) * step;
+    var last = outer ? Math.ceil(hi / step - 1e-9) * step : hi;
+    var out = [];
+    for (var t = first; t <= last + step * 1e-9; t += step) { out.push(Number(t.toPrecision(12))); }
+    return out;
   }
 
   // A table of instances (rows with data-instance) kept current by /live/instances.
@@ -149,7 +183,8 @@
 
   window.LabHub = {
     TERMINAL: TERMINAL, LOG_MARKER: LOG_MARKER, announce: announce, setBadge: setBadge,
-    setActions: setActions, eventItem: eventItem, relative: relative, watchInstance: watchInstance
+    setActions: setActions, eventItem: eventItem, relative: relative, watchInstance: watchInstance,
+    svg: svg, fmt: fmt, ticks: ticks
   };
 
   localTimes();
