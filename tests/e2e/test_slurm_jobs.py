@@ -191,6 +191,18 @@ async def test_a_job_cannot_make_the_hub_read_for_it(hub, shared_tmp):
 async def test_the_mlaas4hep_training_runs_as_a_slurm_job(slurm_env, start_hub, sqlite_url, shared_tmp,  # noqa: F811
                                                           train_runtime, runtimes_root, root_files, tmp_path):  # noqa: F811
     """The seed's workflow on the cluster: the train runtime on the node's PATH, artifacts back."""
+    hub, alice, job, done = await train_on_slurm(start_hub, sqlite_url, shared_tmp, runtimes_root, root_files,
+                                                 tmp_path)
+    log = (await alice.http.get(f"/api/v1/instances/{job['id']}/log", params={"follow": "false"})).text
+    assert done["status"] == "succeeded", f"{done['message']}\n{log}"
+    assert done["exit_code"] == 0 and "epoch 1/1" in log
+    names = {a["path"] for a in (await alice.http.get(f"/api/v1/instances/{job['id']}/artifacts")).json()["items"]}
+    assert {"higgs.keras", "higgs.json"} <= names
+
+
+async def train_on_slurm(start_hub, sqlite_url, shared_tmp, runtimes_root, root_files, tmp_path):  # noqa: ANN001, ANN201, F811
+    """A hub on the cluster, alice, and her MLaaS4HEP training (one epoch) as a Slurm job, waited for:
+    ``(hub, alice, job, job as it ended)``."""
     from tests.e2e.test_mlaas4hep import folder_tarball
     from tests.e2e.test_slurm import _free_port
 
@@ -207,9 +219,4 @@ async def test_the_mlaas4hep_training_runs_as_a_slurm_job(slurm_env, start_hub, 
                    "params": "params_test.json", "fout": "higgs", "epochs": 1}})
     assert resp.status_code == 201, resp.text
     job = resp.json()
-    done = await hub.wait_status(alice, job["id"], {"succeeded", "failed"}, timeout=240)
-    log = (await alice.http.get(f"/api/v1/instances/{job['id']}/log", params={"follow": "false"})).text
-    assert done["status"] == "succeeded", f"{done['message']}\n{log}"
-    assert done["exit_code"] == 0 and "epoch 1/1" in log
-    names = {a["path"] for a in (await alice.http.get(f"/api/v1/instances/{job['id']}/artifacts")).json()["items"]}
-    assert {"higgs.keras", "higgs.json"} <= names
+    return hub, alice, job, await hub.wait_status(alice, job["id"], {"succeeded", "failed"}, timeout=240)

@@ -18,8 +18,9 @@ import pytest
 
 from tests.backends.conftest import slurm_cluster  # noqa: F401 - the session's cluster fixture
 from tests.e2e.services_support import check_the_three_protocols
-from tests.e2e.test_mlaas4hep import curl, folder_tarball
-from tests.e2e.test_slurm import _free_port, _job_id, slurm_env  # noqa: F401 - slurm_env is a fixture
+from tests.e2e.test_mlaas4hep import curl
+from tests.e2e.test_slurm import _job_id, slurm_env  # noqa: F401 - slurm_env is a fixture
+from tests.e2e.test_slurm_jobs import train_on_slurm
 from tests.runtimes.conftest import root_files, runtimes_root, serve_runtime, train_runtime  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slurm]
@@ -29,20 +30,8 @@ IS_ROOT = os.geteuid() == 0
 async def test_a_model_service_runs_as_a_slurm_job_and_answers_through_the_proxy(
         slurm_env, start_hub, sqlite_url, shared_tmp, slurm_cluster, train_runtime, serve_runtime,  # noqa: F811
         runtimes_root, root_files, tmp_path: Path):  # noqa: F811
-    hub = await start_hub(sqlite_url, data_dir=shared_tmp / "data", bind=f"127.0.0.1:{_free_port()}",
-                          runtimes_dir=runtimes_root)
-    alice = await hub.user("alice")
-    archive = folder_tarball(tmp_path, root_files, ["data/sig.root", "data/bkg.root"])
-    uploaded = await alice.http.post("/api/v1/folders/luca/upload", params={"strip_top": "true"},
-                                     content=archive.read_bytes())
-    assert uploaded.status_code == 201, uploaded.text
-    resp = await alice.http.post("/api/v1/instances", json={
-        "template": "mlaas4hep", "name": "higgs-1", "input": "luca", "backend": "slurm",
-        "params": {"files": "files_test.txt", "labels": "labels_test.txt", "model": "keras_model.py",
-                   "params": "params_test.json", "fout": "higgs", "epochs": 1}})
-    assert resp.status_code == 201, resp.text
-    job = resp.json()
-    done = await hub.wait_status(alice, job["id"], {"succeeded", "failed"}, timeout=240)
+    hub, alice, job, done = await train_on_slurm(start_hub, sqlite_url, shared_tmp, runtimes_root, root_files,
+                                                 tmp_path)
     assert done["status"] == "succeeded", done["message"]
     training_job = await _job_id(hub, job["id"])
 

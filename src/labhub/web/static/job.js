@@ -171,17 +171,7 @@
           chart.appendChild(svg("circle", { "class": "dot series-" + n, cx: xy[0], cy: xy[1], r: 3 }));
         });
       }
-      var li = document.createElement("li");
-      var swatch = document.createElement("span");
-      swatch.className = "swatch series-" + n;
-      swatch.setAttribute("aria-hidden", "true");
-      var name = document.createElement("span");
-      name.className = "metric-name";
-      name.textContent = k;
-      li.appendChild(swatch);
-      li.appendChild(name);
-      li.appendChild(document.createTextNode(" " + fmt(last) + (xKey ? " at " + xKey + " " + fmt(lastX) : "")));
-      legend.appendChild(li);
+      legend.appendChild(L.legendItem(n, k, fmt(last) + (xKey ? " at " + xKey + " " + fmt(lastX) : "")));
     });
     if (hidden) {
       legend.appendChild(Object.assign(document.createElement("li"), { textContent: "and " + hidden + " more not drawn" }));

@@ -125,6 +125,21 @@
     return String(Number(v.toPrecision(4)));
   }
 
+  // A chart legend's entry: series ``n``'s swatch, its ``label`` and ``text`` (its latest value).
+  function legendItem(n, label, text) {
+    var li = document.createElement("li");
+    var swatch = document.createElement("span");
+    swatch.className = "swatch series-" + n;
+    swatch.setAttribute("aria-hidden", "true");
+    var name = document.createElement("span");
+    name.className = "metric-name";
+    name.textContent = label;
+    li.appendChild(swatch);
+    li.appendChild(name);
+    li.appendChild(document.createTextNode(" " + text));
+    return li;
+  }
+
   // About ``count`` round tick values; ``outer``: from one at or below lo to one at or above hi.
   function ticks(lo, hi, count, outer) {
     var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / count)));
@@ -184,7 +199,7 @@
   window.LabHub = {
     TERMINAL: TERMINAL, LOG_MARKER: LOG_MARKER, announce: announce, setBadge: setBadge,
     setActions: setActions, eventItem: eventItem, relative: relative, watchInstance: watchInstance,
-    svg: svg, fmt: fmt, ticks: ticks
+    svg: svg, fmt: fmt, ticks: ticks, legendItem: legendItem
   };
 
   localTimes();

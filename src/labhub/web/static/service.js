@@ -228,17 +228,7 @@
                                  "data-points": String(s.points.filter(function (p) { return p[0] >= x0; }).length) });
       path.appendChild(L.svg("title", {}, s.label));
       chart.appendChild(path);
-      var li = document.createElement("li");
-      var swatch = document.createElement("span");
-      swatch.className = "swatch series-" + n;
-      swatch.setAttribute("aria-hidden", "true");
-      var name = document.createElement("span");
-      name.className = "metric-name";
-      name.textContent = s.label;
-      li.appendChild(swatch);
-      li.appendChild(name);
-      li.appendChild(document.createTextNode(" " + (last === null ? "—" : L.fmt(last) + " " + s.unit)));
-      legend.appendChild(li);
+      legend.appendChild(L.legendItem(n, s.label, last === null ? "—" : L.fmt(last) + " " + s.unit));
     });
   }
 
