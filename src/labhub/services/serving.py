@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+if TYPE_CHECKING:  # imported when first used: the hub's start and idle memory do not pay for them
+    import httpx
 
 ANSWER_LIMIT = 1 << 20  # bytes read of each answer
 TIMEOUT_S = 3.0
@@ -49,6 +49,8 @@ async def read(upstream: str, token: str) -> dict[str, Any]:
 
 async def _get(client: httpx.AsyncClient, path: str) -> bytes:
     """The body of ``GET path`` if 200 (at most :data:`ANSWER_LIMIT` bytes), else ``b""``."""
+    import httpx
+
     try:
         async with client.stream("GET", path) as answer:
             if answer.status_code != 200:
@@ -80,6 +82,8 @@ def summarise(text: str) -> dict[str, dict[str, Any]]:
     ``buckets`` as ``[[upper bound in s (None for +Inf), count], ...]`` in increasing order.
 
     Counters only ever grow: a client's rates and percentiles are differences of two readings."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, dict[str, Any]] = {}
 
     def entry(labels: dict[str, str]) -> dict[str, Any]:
