@@ -164,6 +164,8 @@ class Template(BaseModel):
     hours: Hours = Field(default_factory=Hours)
     start_timeout: float | None = Field(default=None, gt=0)
     idle_timeout_hours: float | None = Field(default=None, gt=0)
+    # what else says it is in use: "jupyter" asks JupyterLab for busy kernels and its own last activity
+    idle_check: Literal["traffic", "jupyter"] = "traffic"
     params: list[Param] = Field(default_factory=list)
     backends: list[str] | None = None  # allowed backends; None: all enabled
     groups: list[str] | None = None  # restrict to members of these groups

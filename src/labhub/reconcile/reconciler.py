@@ -47,7 +47,7 @@ from labhub.backends.local_isolation import group_name
 from labhub.catalog import Catalog
 from labhub.models import ACTIVE, TERMINAL, Instance, Kind, Replica, Status
 from labhub.proxy.routes import Route, RouteTable
-from labhub.reconcile import housekeeping, jobs
+from labhub.reconcile import housekeeping, idle, jobs
 from labhub.reconcile.probe import http_status, listening
 from labhub.services import accounts, changes
 from labhub.services.errors import Conflict, Invalid, NotFound
@@ -600,12 +600,12 @@ class Reconciler:
                     parts.routes.add(route)
 
     # -- stopping -----------------------------------------------------------------------
-    async def _request_stop(self, instance_id: str, reason: str) -> None:
+    async def _request_stop(self, instance_id: str, reason: str, why: str = "") -> None:
         try:
             async with self._tx() as session:
                 inst = await session.get(Instance, instance_id)
                 if inst is not None:
-                    request_stop(session, inst, actor=None, reason=reason)
+                    request_stop(session, inst, actor=None, reason=reason, why=why)
         except StaleDataError:
             pass  # it changed meanwhile (stopped already?): the pass that follows looks again
         self._spawn(instance_id, self._stop(instance_id))
@@ -617,7 +617,7 @@ class Reconciler:
             inst = await session.get(Instance, instance_id)
             if inst is None or inst.status != Status.STOPPING:
                 return
-            handle, backend, why = inst.handle, parts.backends.get(inst.backend), inst.reason
+            handle, backend, why, asked = inst.handle, parts.backends.get(inst.backend), inst.reason, inst.message
         gone = True
         if handle and backend is not None:
             try:
@@ -634,7 +634,10 @@ class Reconciler:
         final = FINAL_FOR_STOP_REASON.get(why, Status.STOPPED)
         message = {"expired": "expired: its duration ran out", "idle": "stopped: idle for too long",
                    "admin": "stopped by an admin", "user": "stopped by the owner",
-                   "scale_to_zero": "scaled to zero: idle; the next request starts it again"}.get(why, f"stopped ({why})")
+                   "scale_to_zero": "scaled to zero: idle; the next request starts it again"}.get(
+            why, f"stopped ({why})")
+        if why == "idle" and asked.startswith("stopped: idle"):
+            message = asked  # what decided it (no traffic, no busy kernel)
         values = {"handle": None, "upstream": None} if final == Status.SLEEPING else None
         if await self._apply(instance_id, final, why or "stopped", message, values=values) == Status.SLEEPING:
             await self._route_again(instance_id)
@@ -656,24 +659,46 @@ class Reconciler:
         Activity is the latest of what any replica's proxy saw (flushed to the database)
         and what this one saw since its last flush."""
         catalog = self.parts.catalog()
-        idle = []
+        candidates = []
         for inst in running:
             template = catalog.get(inst.template)
             if inst.status != Status.RUNNING or template is None:
                 continue
             if template.service is not None and inst.min_replicas == 0:
-                idle.append((inst, template.service.idle_s, "scale_to_zero"))
+                candidates.append((inst, template.service.idle_s, "scale_to_zero"))
             elif template.idle_timeout_hours is not None:
-                idle.append((inst, template.idle_timeout_hours * 3600, "idle"))
-        if not idle:
+                candidates.append((inst, template.idle_timeout_hours * 3600, "idle"))
+        if not candidates:
             return
         local = {r.instance_id: r.last_activity for r in self.parts.routes.all()}
-        for inst, seconds, why in idle:
+        for inst, seconds, why in candidates:
             seen = [(inst.started_at or inst.created_at).timestamp(), local.get(inst.id, 0.0)]
             if inst.last_activity_at is not None:
                 seen.append(inst.last_activity_at.timestamp())
-            if now.timestamp() - max(seen) > seconds:
-                await self._request_stop(inst.id, why)
+            quiet = now.timestamp() - max(seen)
+            if quiet <= seconds:
+                continue
+            detail = "no requests"
+            template = catalog.get(inst.template)
+            if why == "idle" and template is not None and template.idle_check == "jupyter" and inst.upstream:
+                activity = await self._jupyter_activity(inst.id, inst.upstream)
+                if activity is not None and activity.busy:
+                    continue  # a kernel is computing: in use, whatever the traffic
+                if activity is not None and activity.last is not None:
+                    quiet = min(quiet, now.timestamp() - activity.last)
+                    if quiet <= seconds:
+                        continue
+                    detail = "no kernel busy"
+            await self._request_stop(inst.id, why, f"stopped: idle for {idle.describe(quiet)}, {detail}"
+                                     if why == "idle" else "")
+
+    async def _jupyter_activity(self, instance_id: str, upstream: str) -> idle.Activity | None:
+        async with self.parts.sessions() as session:
+            inst = await session.get(Instance, instance_id)
+            if inst is None:
+                return None
+            base_url = self.parts.launch.base_path(inst.owner.name, inst.name)
+        return await idle.jupyter(upstream, base_url, self.parts.launch.instance_token(instance_id))
 
     async def flush_activity(self) -> None:
         """Write this replica's proxy's last-activity times to the database (never backwards:

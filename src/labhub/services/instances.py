@@ -286,8 +286,10 @@ async def list_instances(
     return list((await session.execute(query)).scalars())
 
 
-def request_stop(session: AsyncSession, instance: Instance, *, actor: User | None, reason: str = "user") -> bool:
-    """Ask the reconciler to stop ``instance``; False when it is already stopping or ended."""
+def request_stop(session: AsyncSession, instance: Instance, *, actor: User | None, reason: str = "user",
+                 why: str = "") -> bool:
+    """Ask the reconciler to stop ``instance`` (``why``: the message, where the reason code is not
+    enough); False when it is already stopping or ended."""
     if instance.status == Status.STOPPING or not can_transition(instance.status, Status.STOPPING):
         return False
     if reason == "user" and actor is not None and actor.id != instance.owner_id:
@@ -295,7 +297,7 @@ def request_stop(session: AsyncSession, instance: Instance, *, actor: User | Non
     elif reason == "user":
         message = "stop requested by the owner"
     else:
-        message = f"stop requested: {reason}"
+        message = why or f"stop requested: {reason}"
     transition(session, instance, Status.STOPPING, reason=reason, message=message)
     return True
 

@@ -30,6 +30,8 @@ async def read(upstream: str, token: str) -> dict[str, Any]:
 
     ``models`` is None when the service has no ``/models`` route (not labhub_serve), ``metrics``'
     models empty when it has no ``/metrics``.  Raises :class:`ServiceUnreachable`."""
+    import httpx
+
     if upstream.startswith("unix:"):
         transport, base = httpx.AsyncHTTPTransport(uds=upstream.removeprefix("unix:")), "http://service"
     else:
