@@ -84,6 +84,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/instances/{instance_id}"): OWNER,
     ("DELETE", "/api/v1/instances/{instance_id}"): OWNER,
     ("PATCH", "/api/v1/instances/{instance_id}"): SERVICE,
+    ("POST", "/api/v1/admin/cleanup"): ADMIN,
     ("GET", "/api/v1/instances/{instance_id}/service"): JOB,  # 404 for a workspace: "only services have"
     ("POST", "/instances/{instance_id}/deploy"): JOB,
     ("POST", "/instances/{instance_id}/service"): SERVICE,
@@ -191,6 +192,7 @@ JSON_BODIES = {
     ("POST", "/api/v1/instances"): {"template": "jupyterlab", "name": "m{n}", "hours": 1},
     ("POST", "/api/v1/instances/{instance_id}/callhome"): {"host": "127.0.0.1", "port": 9},
     ("PATCH", "/api/v1/instances/{instance_id}"): {"public": True},
+    ("POST", "/api/v1/admin/cleanup"): {"dry_run": True},
     ("POST", "/api/v1/users"): {"name": "new{n}"},
     ("POST", "/api/v1/users:bulk"): {"users": [{"name": "bulk{n}-a"}, {"name": "bulk{n}-b"}]},
     ("PATCH", "/api/v1/users/{name}"): {"email": "m{n}@lab.example"},

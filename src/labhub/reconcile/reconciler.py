@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,11 @@ class Reconciler:
                 nap.set()
         else:
             self._spawn(instance_id, self._drive(instance_id))
+
+    @property
+    def busy(self) -> Container[str]:
+        """The instances this replica has work in flight for (a clean-up leaves their jobs alone)."""
+        return self._tasks
 
     def wake_all(self) -> None:
         """A pass now (e.g. after notifications may have been missed)."""
