@@ -173,6 +173,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/users"): ADMIN,
     ("POST", "/admin/users"): ADMIN,
     ("POST", "/admin/users/{name}/disable"): ADMIN,
+    ("POST", "/admin/system/cleanup"): ADMIN,
     ("POST", "/admin/users/{name}/enable"): ADMIN,
     ("POST", "/admin/users/{name}/role"): ADMIN,
     ("GET", "/admin/instances"): ADMIN,

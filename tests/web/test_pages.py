@@ -290,3 +290,19 @@ params:
     assert inst["params"] == {"epochs": 5, "optimizer": "sgd", "tag": "ok", "fp16": True}
     again = await alice.get(f"/launch/train?again={instance_id}")  # "change settings" starts from the old ones
     assert 'value="5"' in again.text and '<option value="sgd" selected>' in again.text
+
+
+async def test_the_system_page_runs_a_clean_up_dry_run_first(hub):
+    root = await browser_login(hub, "root", admin=True)
+    leftover = hub.hub.home_for("gone-user")
+    leftover.mkdir(parents=True)
+    page = await root.get("/admin/system")
+    assert 'action="/admin/system/cleanup"' in page.text and "Remove these" not in page.text
+    assert (await root.post("/admin/system/cleanup", data={"csrf_token": "forged", "apply": "1"})).status_code == 403
+    dry = await root.post("/admin/system/cleanup", data={"csrf_token": root.csrf, "apply": "0"})
+    assert dry.status_code == 200 and str(leftover) in dry.text and "nothing removed yet" in dry.text
+    assert leftover.exists() and "Remove these 1" in dry.text
+    done = await root.post("/admin/system/cleanup", data={"csrf_token": root.csrf, "apply": "1"})
+    assert done.status_code == 200 and "Removed 1 of 1." in done.text and not leftover.exists()
+    alice = await browser_login(hub, "alice")
+    assert (await alice.post("/admin/system/cleanup", data={"csrf_token": alice.csrf})).status_code == 403

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.api.deps import HubDep, SessionDep
 from labhub.models import Status, UserStatus
+from labhub.reconcile import cleanup
 from labhub.services import admin, views
 from labhub.services.errors import ServiceError
 from labhub.services.users import USERNAME_RE
@@ -146,11 +147,27 @@ async def instances_page(
 
 @router.get("/system")
 async def system(request: Request, _: AdminPage, session: SessionDep, hub: HubDep) -> Response:
+    return await _system(request, session, hub)
+
+
+@router.post("/system/cleanup")
+async def system_cleanup(request: Request, actor: AdminPage, session: SessionDep, hub: HubDep,
+                         csrf_token: Annotated[str, Form()] = "", apply: Annotated[str, Form()] = "0") -> Response:
+    """The clean-up's report (a dry run), or its removals (``apply=1``), on the System page."""
+    check_csrf(request, csrf_token)
+    parts = hub.reconciler.parts  # the request's session has run nothing yet: no transaction held meanwhile
+    items = await cleanup.survey(parts, hub.reconciler.busy, hub.clock())
+    if apply == "1":
+        await cleanup.apply(parts, hub.tx, items, actor=actor.name)
+    return await _system(request, session, hub, cleanup_report={"applied": apply == "1", "items": items})
+
+
+async def _system(request: Request, session: AsyncSession, hub: HubDep, **extra: object) -> Response:
     database = await admin.database_summary(session)
     await session.commit()  # end the transaction before asking backends (no network call inside one)
     health = await admin.backend_health(hub.backends)
     settings = hub.settings
     return render(request, "admin_system.html", section="admin", tab="system", health=health,
                   versions=admin.versions(), database=database, settings=settings, catalog=hub.catalog,
-                  sizes=settings.sizes)
+                  sizes=settings.sizes, **extra)
 
