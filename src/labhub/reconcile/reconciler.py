@@ -730,14 +730,16 @@ class Reconciler:
         end = jobs.outcome(obs, lines)
         await self._apply(instance_id, end.status, end.reason, end.message, values={"exit_code": obs.exit_code})
 
-    async def _settle_job(self, instance_id: str) -> None:
-        """An ended job's artifacts: measured (they count against its owner's storage) and given
-        their expiry."""
+    async def _job_settlement(self, instance_id: str) -> dict[str, Any]:
+        """What an ending job's row gets with its final status (one commit, so nobody sees it ended
+        without them): its artifacts' size (they count against its owner's storage) and their expiry."""
+        async with self.parts.sessions() as session:
+            kind = await session.scalar(select(Instance.kind).where(Instance.id == instance_id))
+        if kind != Kind.JOB:
+            return {}
         size = await self.parts.launch.jobs.measure(instance_id)
         keep = dt.timedelta(days=self.parts.settings.storage.artifact_days)
-        async with self._tx() as session:
-            await session.execute(update(Instance).where(Instance.id == instance_id).values(
-                output_bytes=size, artifacts_expire_at=self.parts.clock() + keep))
+        return {"output_bytes": size, "artifacts_expire_at": self.parts.clock() + keep}
 
     async def _apply(self, instance_id: str, to: Status, reason: str, message: str, *,
                      only_from: Status | None = None, values: Mapping[str, Any] | None = None) -> str | None:
@@ -747,6 +749,8 @@ class Reconciler:
         The move is a compare-and-set (the ORM updates the row only if its status is still the one
         read): if another request moved it meanwhile (a stop), that move stands and this one is dropped.
         """
+        if to in TERMINAL:
+            values = {**await self._job_settlement(instance_id), **(values or {})}
         try:
             async with self._tx() as session:
                 inst = await session.get(Instance, instance_id)
@@ -761,7 +765,6 @@ class Reconciler:
                 transition(session, inst, to, reason=reason, message=message, now=self.parts.clock())
                 for key, value in (values or {}).items():
                     setattr(inst, key, value)
-                kind = inst.kind
         except StaleDataError:
             log.info("instance %s: changed while moving it to %s (%s); the other change stands", instance_id,
                      to, reason)
@@ -769,8 +772,6 @@ class Reconciler:
             return await self._status(instance_id)
         if to not in (Status.RUNNING, Status.UNKNOWN):
             self.parts.routes.remove_instance(instance_id)
-        if to in TERMINAL and kind == Kind.JOB:
-            await self._settle_job(instance_id)
         return to
 
     async def _release(self, backend: Backend, instance_id: str, handle: Handle) -> None:
