@@ -134,10 +134,14 @@ class Hub:
     def templates(self) -> list[dict[str, Any]]:
         return _check(self.http.get("/templates"))
 
-    def instances(self, *, name: str | None = None, all_users: bool = False) -> list[dict[str, Any]]:
+    def instances(self, *, name: str | None = None, all_users: bool = False,
+                  owner: str | None = None) -> list[dict[str, Any]]:
+        """Your instances (admins: ``owner``'s, or everyone's with ``all_users``), newest first."""
         params: dict[str, Any] = {}
         if name is not None:
             params["name"] = name
+        if owner is not None:
+            params["owner"] = owner
         if all_users:
             params["all"] = "true"
         return _check(self.http.get("/instances", params=params))
@@ -178,6 +182,11 @@ class Hub:
 
     def stop(self, instance_id: str) -> dict[str, Any]:
         return _check(self.http.delete(f"/instances/{instance_id}"))
+
+    def extend(self, name_or_id: str, hours: float) -> dict[str, Any]:
+        """Give your instance (by name, or id) ``hours`` more before it expires, within its template's
+        maximum; the instance as it is now (422 says how much it can still get)."""
+        return _check(self.http.post(f"/instances/{self.find(name_or_id)['id']}/extend", json={"hours": hours}))
 
     def delete(self, instance_id: str) -> None:
         """Delete an ended instance's record (and a job's artifacts)."""
@@ -262,6 +271,35 @@ class Hub:
         if sleep_when_idle is not None:
             body["min_replicas"] = 0 if sleep_when_idle else 1
         return _check(self.http.patch(f"/instances/{instance_id}", json=body))
+
+    # -- sharing ----------------------------------------------------------------------------
+    def shares(self, instance_id: str) -> list[dict[str, Any]]:
+        """Whom the instance is shared with: ``{"id", "user", "group", "created_by", "created_at", ...}`` each."""
+        return _check(self.http.get(f"/instances/{instance_id}/shares"))
+
+    def share(self, instance_id: str, *, user: str | None = None, group: str | None = None) -> dict[str, Any]:
+        """Share the instance with ``user`` or with ``group``'s members (idempotent); the share."""
+        body = {"user": user} if user is not None else {"group": group}
+        return _check(self.http.post(f"/instances/{instance_id}/shares", json=body))
+
+    def unshare(self, instance_id: str, *, user: str | None = None, group: str | None = None,
+                share_id: int | None = None) -> dict[str, Any]:
+        """Revoke the share of ``user``, of ``group`` or with id ``share_id`` (at once); the share revoked."""
+        found = [s for s in self.shares(instance_id) if s["id"] == share_id
+                 or (user is not None and s["user"] == user) or (group is not None and s["group"] == group)]
+        if not found:
+            whom = user or (f"group {group}" if group else f"share {share_id}")
+            raise HubError(404, f"it is not shared with {whom}")
+        _check(self.http.delete(f"/instances/{instance_id}/shares/{found[0]['id']}"))
+        return found[0]
+
+    def access(self, instance_id: str) -> dict[str, Any]:
+        """Who besides its owner may use the instance: ``{"open_to": "users"|"anyone"|"", "shares": [...]}``."""
+        return _check(self.http.get(f"/instances/{instance_id}/access"))
+
+    def set_access(self, instance_id: str, open_to: str) -> dict[str, Any]:
+        """Admins: open a workspace to every user (``"users"``), to anyone (``"anyone"``) or close it (``""``)."""
+        return _check(self.http.put(f"/instances/{instance_id}/access", json={"open_to": open_to}))
 
     # -- output ---------------------------------------------------------------------------
     def log(self, instance_id: str, *, follow: bool = True, start: int = -64 * 1024) -> Iterator[str]:

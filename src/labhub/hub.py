@@ -37,8 +37,10 @@ from labhub.models import (
     ROUTED_OR_ASLEEP,
     TERMINAL,
     ApiToken,
+    Group,
     Instance,
     LoginSession,
+    Membership,
     OriginGrant,
     Status,
     User,
@@ -47,7 +49,7 @@ from labhub.models import (
 )
 from labhub.proxy.routes import Authenticator, Principal, Route, RouteTable
 from labhub.reconcile.reconciler import Launch, Parts, Reconciler
-from labhub.services import changes, credentials, origins, security, users
+from labhub.services import changes, credentials, origins, security, shares, users
 from labhub.services.bus import EventBus
 from labhub.services.folders import Folders
 from labhub.services.jobs import JobFiles
@@ -110,6 +112,8 @@ class Hub:
         self.shared = notify.shared(url)
         self._listener: notify.Listener | None = None
         self._stale_routes: set[str] = set()
+        self._audiences_stale = False  # a group's members changed: every shared instance's audience is read again
+        self._audience_lock = asyncio.Lock()  # audiences are applied in the order they were read
         self._routes_dirty = asyncio.Event()
         self.sessions = db.make_sessionmaker(self.engine, sync_session_class=self._session_class())
         self.folders = Folders(settings.storage)
@@ -218,6 +222,10 @@ class Hub:
                 if isinstance(obj, User) and any(
                         inspect(obj).attrs[name].history.has_changes() for name in ("status", "role", "password_hash")):
                     changes.credentials(session, obj.id)  # type: ignore[arg-type]
+            # a group's members changed: instances shared with groups have new audiences, on every replica
+            if any(isinstance(obj, Membership) for obj in session.new) or any(
+                    isinstance(obj, Membership | Group) for obj in session.deleted):
+                changes.memberships(session)  # type: ignore[arg-type]
 
         @event.listens_for(HubSession, "do_orm_execute")
         def _bulk_credentials(state: ORMExecuteState) -> None:
@@ -225,6 +233,8 @@ class Hub:
             if (state.is_delete or state.is_update) and mapper is not None and mapper.class_ in (User, ApiToken,
                                                                                                LoginSession):
                 changes.credentials(state.session)  # type: ignore[arg-type]  # whose: not known here
+            if (state.is_delete or state.is_update) and mapper is not None and mapper.class_ in (Membership, Group):
+                changes.memberships(state.session)  # type: ignore[arg-type]
 
         @event.listens_for(HubSession, "after_commit")
         def _committed(session: Session) -> None:
@@ -269,6 +279,9 @@ class Hub:
             self._forget_credentials(recorded.users, everyone=recorded.everyone)
         if recorded.deletions:
             self.reconciler.wake_deletions()
+        if recorded.memberships:  # here and on other replicas: the proxy's audiences follow, just after
+            self._audiences_stale = True
+            self._routes_dirty.set()
 
     async def _keep_routes(self) -> None:
         """Refresh the routes of instances other replicas changed, one batch at a time, in order."""
@@ -276,8 +289,12 @@ class Hub:
             await self._routes_dirty.wait()
             self._routes_dirty.clear()
             ids, self._stale_routes = self._stale_routes, set()
+            audiences, self._audiences_stale = self._audiences_stale, False
             try:
-                await self.refresh_routes(ids)
+                if audiences:
+                    await self.refresh_audiences()
+                if ids:
+                    await self.refresh_routes(ids)
             except Exception:
                 log.exception("refreshing routes failed; reloading them all")
                 await asyncio.sleep(0.5)
@@ -285,25 +302,34 @@ class Hub:
                     await self.reload_routes()
 
     async def refresh_routes(self, instance_ids: set[str]) -> None:
-        """Make the routes of ``instance_ids`` what the database says (running: a route; else none)."""
+        """Make the routes of ``instance_ids`` what the database says (running: a route; else none),
+        and who besides their owners may use them (shares, ``open_to``)."""
         found: dict[str, Route | None] = dict.fromkeys(instance_ids)
-        async with self.sessions() as session:
+        async with self._audience_lock, self.sessions() as session:
             for chunk in _chunks(sorted(instance_ids), 500):
                 rows = await session.execute(select(Instance).where(Instance.id.in_(chunk)))
                 for inst in rows.scalars():
                     found[inst.id] = self.route_for(inst) if inst.status in ROUTED_OR_ASLEEP else None
+            audiences = await shares.audience(session, instance_ids, open_allowed=self.subdomains)
+            self.routes.set_audience(audiences, instance_ids=set(instance_ids))
         for instance_id, route in found.items():
             self._set_route(instance_id, route)
 
     async def reload_routes(self) -> None:
         """Every route from the database: added for running instances, dropped for the rest."""
-        async with self.sessions() as session:
+        async with self._audience_lock, self.sessions() as session:
             wanted = {inst.id: self.route_for(inst) for inst in await self.running_instances(session)}
+            self.routes.set_audience(await shares.audience(session, open_allowed=self.subdomains))
         for route in self.routes.all():
             if route.instance_id not in wanted:
                 self.routes.remove_instance(route.instance_id)
         for instance_id, route in wanted.items():
             self._set_route(instance_id, route)
+
+    async def refresh_audiences(self) -> None:
+        """Who may use each instance besides its owner, read again for all (a group's members changed)."""
+        async with self._audience_lock, self.sessions() as session:
+            self.routes.set_audience(await shares.audience(session, open_allowed=self.subdomains))
 
     def _set_route(self, instance_id: str, route: Route | None) -> None:
         current = next((r for r in self.routes.all() if r.instance_id == instance_id), None) \

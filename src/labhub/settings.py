@@ -199,6 +199,8 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=5.0, gt=0)
     start_timeout: float = Field(default=300.0, gt=0)  # seconds; templates may lower it
     stop_grace: float = Field(default=5.0, ge=0)
+    # owners are warned (instance page, event, e-mail) this long before an instance expires; 0: never
+    expiry_warning_minutes: float = Field(default=30.0, ge=0)
     activity_flush_interval: float = Field(default=30.0, gt=0)
     # several replicas (docs/operations.md): a replica's claim on an instance lasts lease_seconds and is
     # renewed every third of it; another replica takes the work over once it has lapsed

@@ -84,6 +84,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/instances/{instance_id}"): OWNER,
     ("DELETE", "/api/v1/instances/{instance_id}"): OWNER,
     ("PATCH", "/api/v1/instances/{instance_id}"): SERVICE,
+    ("POST", "/api/v1/instances/{instance_id}/extend"): rule("user", "admin", ok=(409,)),  # (a fresh ended one)
     ("POST", "/api/v1/admin/cleanup"): ADMIN,
     ("GET", "/api/v1/instances/{instance_id}/service"): JOB,  # 404 for a workspace: "only services have"
     ("POST", "/instances/{instance_id}/deploy"): JOB,
@@ -91,6 +92,16 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/instances/{instance_id}/events"): OWNER,
     ("GET", "/api/v1/instances/{instance_id}/logs"): OWNER,
     ("POST", "/api/v1/instances/{instance_id}/callhome"): INSTANCE_TOKEN,
+    # sharing: reads of alice's running workspace; writes to a fresh ended one (409: it has ended; 404: no such
+    # share), the owner's or an admin's; opening one to everyone is an admin's alone
+    ("GET", "/api/v1/instances/{instance_id}/shares"): OWNER,
+    ("POST", "/api/v1/instances/{instance_id}/shares"): rule("user", "admin", other=(403,), ok=(409,)),
+    ("DELETE", "/api/v1/instances/{instance_id}/shares/{share_id}"): rule("user", "admin", other=(403,), ok=(404,)),
+    ("GET", "/api/v1/instances/{instance_id}/access"): OWNER,
+    ("PUT", "/api/v1/instances/{instance_id}/access"): rule("admin", ok=(409,)),
+    ("POST", "/instances/{instance_id}/shares"): rule("user", "admin", other=(403,), ok=(409,)),
+    ("POST", "/instances/{instance_id}/shares/{share_id}/revoke"): rule("user", "admin", other=(403,), ok=(404,)),
+    ("POST", "/instances/{instance_id}/access"): rule("admin", ok=(409,)),
     # jobs' results (the world's instance is a workspace: its owner and admins learn it has none)
     ("GET", "/api/v1/instances/{instance_id}/artifacts"): JOB,
     ("GET", "/api/v1/instances/{instance_id}/artifacts.tar.gz"): JOB,
@@ -157,6 +168,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("POST", "/instances/{instance_id}/stop"): OWNER,
     ("POST", "/instances/{instance_id}/delete"): OWNER,
     ("POST", "/instances/{instance_id}/retry"): OWNER_ONLY,
+    ("POST", "/instances/{instance_id}/extend"): rule("user", "admin", ok=(409,)),  # (a fresh ended one)
     ("GET", "/live/instances"): USER,
     ("GET", "/launch"): USER,
     ("GET", "/launch/{template}"): USER,
@@ -193,6 +205,9 @@ JSON_BODIES = {
     ("POST", "/api/v1/instances"): {"template": "jupyterlab", "name": "m{n}", "hours": 1},
     ("POST", "/api/v1/instances/{instance_id}/callhome"): {"host": "127.0.0.1", "port": 9},
     ("PATCH", "/api/v1/instances/{instance_id}"): {"public": True},
+    ("POST", "/api/v1/instances/{instance_id}/shares"): {"user": "bob"},
+    ("PUT", "/api/v1/instances/{instance_id}/access"): {"open_to": "users"},
+    ("POST", "/api/v1/instances/{instance_id}/extend"): {"hours": 1},
     ("POST", "/api/v1/admin/cleanup"): {"dry_run": True},
     ("POST", "/api/v1/users"): {"name": "new{n}"},
     ("POST", "/api/v1/users:bulk"): {"users": [{"name": "bulk{n}-a"}, {"name": "bulk{n}-b"}]},
@@ -208,6 +223,7 @@ FORM_BODIES = {
     ("POST", "/setup"): {"token": "wrong", "username": "x", "password": "long enough"},
     ("POST", "/signup"): {"username": "s{n}", "email": "s{n}@lab.example", "password": "password {n}"},
     ("POST", "/launch/{template}"): {"name": "p{n}", "hours": "1"},
+    ("POST", "/instances/{instance_id}/extend"): {"hours": "1"},
     ("POST", "/tokens"): {"note": "matrix"},
     ("POST", "/folders/{name}/remove"): {"path": "a.txt"},
     ("POST", "/admin/users"): {"username": "a{n}", "password": "password {n}"},
@@ -310,7 +326,7 @@ async def fresh_params(world: World, method: str, path: str, n: int) -> tuple[di
     harness = world.hub
     hub = harness.hub
     params: dict[str, str] = {"provider": "mock", "template": "jupyterlab", "owner": "alice",
-                              "name": world.ended_name, "path": "api"}
+                              "name": world.ended_name, "path": "api", "share_id": "2147483647"}
     owner = "alice"
     folder = path.startswith(("/api/v1/folders/{name}", "/folders/{name}"))
     if folder:  # a fresh folder of alice's holding a.txt (a call may delete it)

@@ -18,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labhub import __version__
-from labhub.api import callhome, instances, jobs, misc, services
+from labhub.api import callhome, extend, instances, jobs, misc, services, shares
 from labhub.api.schemas import ErrorOut, error
 from labhub.hub import Hub
 from labhub.services.errors import Conflict, ServiceError
@@ -332,6 +332,8 @@ def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
     app.state.hub = hub
     app.include_router(misc.router, prefix="/api/v1")
     app.include_router(instances.router, prefix="/api/v1")
+    app.include_router(extend.router, prefix="/api/v1")
+    app.include_router(shares.router, prefix="/api/v1")
     app.include_router(callhome.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(services.router, prefix="/api/v1")

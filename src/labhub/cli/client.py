@@ -168,6 +168,85 @@ def stop(name: str) -> None:
     typer.echo(f"{inst['name']}: {inst['status']}")
 
 
+def extend(name: str, hours: Annotated[float, typer.Option("--hours", help="hours more (within the template's "
+                                                                          "maximum)")]) -> None:
+    """Give your instance NAME more time before it expires."""
+    with _hub() as hub:
+        inst = hub.extend(name, hours)
+    typer.echo(f"{inst['name']}: {inst['hours']:g} h in all, expires at {inst['expires_at']}")
+
+
+OPEN_TO_WORDS = {"": "", "users": "open to every user, logged in", "anyone": "open to anyone, without logging in"}
+
+
+def _instance(hub: Hub, name: str) -> dict[str, Any]:
+    """NAME (yours), or OWNER/NAME (admins: someone else's)."""
+    from labhub.client import TERMINAL, HubError
+
+    owner, _, rest = name.rpartition("/")
+    if not owner:
+        return hub.find(name)
+    rows = hub.instances(name=rest, owner=owner)
+    if not rows:
+        raise HubError(404, f"{owner} has no instance named {rest!r}")
+    return ([r for r in rows if r["status"] not in TERMINAL] or rows)[0]
+
+
+def share(
+    name: Annotated[str, typer.Argument(help="your instance (admins: OWNER/NAME)")],
+    user: Annotated[list[str] | None, typer.Option("--user", "-u", help="share with this user")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="share with this group's members")] = None,
+    revoke: Annotated[bool, typer.Option("--revoke", help="revoke these shares instead")] = False,
+    open_to: Annotated[str | None, typer.Option("--open-to", metavar="users|anyone|none",
+                                                help="admins: open the workspace to every user, to anyone "
+                                                     "(no login), or to neither")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Share NAME with users or groups (or --revoke), then list who besides its owner may open it."""
+    with _hub() as hub:
+        inst = _instance(hub, name)
+        if open_to is not None:
+            if open_to not in ("users", "anyone", "none"):
+                typer.echo(f"error: --open-to: expected users, anyone or none, not {open_to!r}", err=True)
+                raise typer.Exit(2)
+            hub.set_access(inst["id"], "" if open_to == "none" else open_to)
+        for kind, names in (("user", user or []), ("group", group or [])):
+            for who in names:
+                if revoke:
+                    hub.unshare(inst["id"], **{kind: who})
+                    typer.echo(f"{inst['name']}: no longer shared with {who if kind == 'user' else 'group ' + who}")
+                else:
+                    hub.share(inst["id"], **{kind: who})
+        access = hub.access(inst["id"])
+    if json_out:
+        typer.echo(json.dumps(access, indent=2))
+        return
+    label = f"{inst['owner']}/{inst['name']}"
+    if access["open_to"]:
+        typer.echo(f"{label}: {OPEN_TO_WORDS[access['open_to']]}")
+    if not access["shares"]:
+        if not access["open_to"]:
+            typer.echo(f"{label} is not shared: only {inst['owner']} and admins may open it")
+        return
+    typer.echo(f"{'ID':<6} {'WITH':<28} {'SHARED BY':<14} SINCE")
+    for s in access["shares"]:
+        whom = s["user"] or f"group {s['group']}"
+        typer.echo(f"{s['id']:<6} {whom:<28} {s['created_by']:<14} {s['created_at']}")
+    typer.echo(f"open it at {inst['url']}")
+
+
+def unshare(
+    name: Annotated[str, typer.Argument(help="your instance (admins: OWNER/NAME)")],
+    user: Annotated[list[str] | None, typer.Option("--user", "-u")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g")] = None,
+) -> None:
+    """Revoke NAME's shares with these users or groups (at once); the same as `share --revoke`."""
+    if not (user or group):
+        typer.echo("error: name a --user or a --group", err=True)
+        raise typer.Exit(2)
+    share(name, user=user, group=group, revoke=True, open_to=None, json_out=False)
+
+
 def logs(name: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing while it runs")] = False,
          tail: Annotated[int, typer.Option(help="without --follow: number of lines")] = 200) -> None:
     """Print NAME's output (with --follow, as it is written, until it has ended)."""
@@ -403,6 +482,7 @@ def service_show(name: str, json_out: Annotated[bool, typer.Option("--json")] = 
 
 
 def register(app: typer.Typer) -> None:
-    for command in (login, launch, submit, deploy, ls, stop, logs, events, upload, folders, download):
+    for command in (login, launch, submit, deploy, ls, stop, extend, share, unshare, logs, events, upload, folders,
+                    download):
         app.command()(command)
     app.add_typer(service_app, name="service")

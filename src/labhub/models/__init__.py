@@ -5,6 +5,7 @@ from labhub.models.folder import Folder
 from labhub.models.instance import ACTIVE, ROUTED, ROUTED_OR_ASLEEP, TERMINAL, AuditEvent, Event, Instance, Kind, Status
 from labhub.models.origin import OriginGrant
 from labhub.models.replica import Replica
+from labhub.models.share import Share
 from labhub.models.user import (
     ApiToken,
     Group,
@@ -20,6 +21,6 @@ from labhub.models.user import (
 __all__ = [
     "ACTIVE", "ROUTED", "ROUTED_OR_ASLEEP", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Folder", "Group", "Identity", "Instance", "Kind",
     "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User",
-    "UserStatus",
+    "UserStatus", "Share",
     "utcnow",
 ]

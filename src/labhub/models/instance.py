@@ -87,11 +87,15 @@ class Instance(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     output_bytes: Mapped[int | None] = mapped_column(BigInteger)
     artifacts_expire_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    expiry_warned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # its owner was told it expires soon
     # services: whether anyone may call its inference routes without a token (rate-limited), and
     # whether it sleeps when idle (0: scaled to zero, woken by the next request) or keeps running (1)
     public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     min_replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # processes serving it, each of its size
+    # workspaces: opened by an admin to every active user ("users") or to anyone, without login ("anyone");
+    # "" for neither (its owner, admins and those it is shared with: labhub.models.Share)
+    open_to: Mapped[str] = mapped_column(String(8), default="", server_default="")
 
     owner: Mapped[User] = relationship(lazy="joined")
 

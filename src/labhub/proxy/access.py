@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from . import responses
 from .exchange import Exchange, cookie_values
-from .routes import FULL, INFER, NONE, inference_request
+from .routes import FULL, INFER, NONE, OPEN_TO_ANYONE, inference_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from .routes import Principal, Route
@@ -192,11 +192,15 @@ class Access:
 
     def _authorized(self, ex: Exchange, route: Route, principal: Principal | None) -> None:
         s = self.s
-        level = NONE if principal is None else principal.access(route)
-        if level == FULL and (principal.instance_id is not None or principal.browser) \
-                and not self._same_origin(ex):  # type: ignore[union-attr]
-            level = NONE  # another origin's page: it may use what anyone may, and no more
-            if not route.public:
+        if principal is None:  # anonymous: what anyone may (a workspace an admin opened to anyone)
+            level = FULL if route.open_to == OPEN_TO_ANYONE else NONE
+        else:
+            level = principal.access(route)
+        if level == FULL and principal is not None and (principal.instance_id is not None or principal.browser) \
+                and not self._same_origin(ex):
+            # another origin's page: it may use what anyone may, and no more
+            level = FULL if route.open_to == OPEN_TO_ANYONE else NONE
+            if level == NONE and not route.public:
                 self._respond(ex, 403, "cross-origin request refused")
                 return
         if level != FULL and route.kind == "service" and (level == INFER or route.public):
@@ -238,6 +242,9 @@ class Access:
         elif principal.browser and principal.is_admin and principal.user_id != route.owner_id:
             self._respond(ex, 403, "instances share the hub's origin here (path mode), so admins open other "
                                    "users' instances with an API token, not in the browser")
+        elif principal.browser and principal.user_id in route.shared_with:
+            self._respond(ex, 403, "instances share the hub's origin here (path mode), so an instance shared with "
+                                   "you opens with an API token, not in the browser")
         elif principal.scopes == frozenset({"infer"}) and principal.user_id == route.owner_id:
             self._respond(ex, 403, "an infer token calls services only", json_only=True)
         else:

@@ -22,6 +22,9 @@ INFER_SCOPE = "infer"
 
 # How much of a route a caller may use (:meth:`Principal.access`).
 NONE, INFER, FULL = 0, 1, 2
+# Who besides its owner, admins and those it is shared with may use a workspace (``Route.open_to``):
+OPEN_TO_USERS = "users"  # every active user (a token that may use instances, or the origin's cookie)
+OPEN_TO_ANYONE = "anyone"  # anyone at all, without logging in
 _INFER_METHODS = (b"GET", b"HEAD", b"POST")
 
 
@@ -74,15 +77,29 @@ class Principal:
     def access(self, route: Route) -> int:
         """FULL for the owner or an admin (not through the browser on the hub's origin) with an
         instance-using scope; INFER for the owner's ``infer``-scoped token on a service (its
-        inference routes only); else NONE.  An origin's cookie opens its one instance."""
+        inference routes only).  FULL too for a user the route is shared with or, when it is open
+        to every user, anyone's: by a token with an instance-using scope or the origin's cookie,
+        never by the hub's session on the hub's origin (path mode).  What anyone may (a route open
+        to anyone) every caller may.  Else NONE.
+
+        An origin's cookie opens its one instance, while its user is still the owner, an admin,
+        shared with, or the instance is open: a revoked share ends at once, whatever is cached.
+        """
         if self.instance_id is not None:
-            return FULL if self.instance_id == route.instance_id else NONE
-        mine = self.user_id == route.owner_id
-        if not (mine or (self.is_admin and not self.browser)):
+            if self.instance_id != route.instance_id:
+                return FULL if route.open_to == OPEN_TO_ANYONE else NONE
+            if self.user_id == route.owner_id or self.is_admin or route.open_to or self.user_id in route.shared_with:
+                return FULL
             return NONE
-        if self.scopes & USE_SCOPES:
+        mine = self.user_id == route.owner_id
+        if mine or (self.is_admin and not self.browser):
+            if self.scopes & USE_SCOPES:
+                return FULL
+            if mine and route.kind == "service" and INFER_SCOPE in self.scopes:
+                return INFER
+        elif not self.browser and (route.open_to or self.user_id in route.shared_with) and self.scopes & USE_SCOPES:
             return FULL
-        return INFER if mine and route.kind == "service" and INFER_SCOPE in self.scopes else NONE
+        return FULL if route.open_to == OPEN_TO_ANYONE else NONE
 
 
 @dataclass(slots=True)
@@ -94,6 +111,9 @@ class Route:
     listens on one (then ``host``/``port`` are unused).  A service may be
     ``public`` (its inference routes open to anyone, rate-limited) and
     ``asleep`` (scaled to zero: no upstream until the proxy wakes it).
+    ``shared_with`` (user ids, groups resolved to their members) and ``open_to``
+    (:data:`OPEN_TO_USERS`, :data:`OPEN_TO_ANYONE` or "") say who else may use
+    it; the :class:`RouteTable` sets them from what the hub last told it.
     """
 
     instance_id: str
@@ -109,6 +129,8 @@ class Route:
     kind: str = "workspace"
     public: bool = False
     asleep: bool = False
+    shared_with: frozenset[int] = frozenset()
+    open_to: str = ""
 
     @property
     def prefix(self) -> str:
@@ -120,13 +142,27 @@ class Route:
         return self.socket if self.socket is not None else (self.host, self.port)
 
 
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who may use an instance besides its owner and admins: user ids it is shared with, and ``open_to``."""
+
+    users: frozenset[int] = frozenset()
+    open_to: str = ""
+
+
 class RouteTable:
-    """Instance routes keyed by ``(owner, name)`` and by origin label; safe to use from one event loop."""
+    """Instance routes keyed by ``(owner, name)`` and by origin label; safe to use from one event loop.
+
+    The table also holds each instance's :class:`Audience` (:meth:`set_audience`) and stamps it on
+    every route it is given: a route built before a share was revoked and added after it cannot
+    bring the old list back.
+    """
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
         self._labels: dict[bytes, Route] = {}
         self._waiting: dict[str, asyncio.Event] = {}  # instance id -> set when it has a live route
+        self._audiences: dict[str, Audience] = {}  # instance id -> who else may use it (absent: nobody)
 
     def add(self, route: Route) -> None:
         """Add or replace the route of ``(owner, name)``.
@@ -141,6 +177,9 @@ class RouteTable:
         old = self._routes.get((route.owner, route.name))
         if old is not None and old.label:
             self._labels.pop(old.label.encode(), None)
+        audience = self._audiences.get(route.instance_id)
+        if audience is not None:  # (the hub's routes come without one: only the table's counts)
+            route.shared_with, route.open_to = audience.users, audience.open_to
         self._routes[(route.owner, route.name)] = route
         if key:
             self._labels[key] = route
@@ -148,6 +187,27 @@ class RouteTable:
             waiting = self._waiting.pop(route.instance_id, None)
             if waiting is not None:
                 waiting.set()
+
+    def set_audience(self, audiences: dict[str, Audience], *, instance_ids: set[str] | None = None) -> None:
+        """Who may use instances besides their owners and admins, for the routes there are and those added
+        later: for ``instance_ids`` (one absent from ``audiences``: nobody else), or for every instance (None)."""
+        if instance_ids is None:
+            self._audiences = {k: v for k, v in audiences.items() if v.users or v.open_to}
+        else:
+            for instance_id in instance_ids:
+                audience = audiences.get(instance_id)
+                if audience is not None and (audience.users or audience.open_to):
+                    self._audiences[instance_id] = audience
+                else:
+                    self._audiences.pop(instance_id, None)
+        for route in self._routes.values():
+            if instance_ids is None or route.instance_id in instance_ids:
+                audience = self._audiences.get(route.instance_id, _NOBODY)
+                route.shared_with, route.open_to = audience.users, audience.open_to
+
+    def audience(self, instance_id: str) -> Audience:
+        """What :meth:`set_audience` last said of ``instance_id``."""
+        return self._audiences.get(instance_id, _NOBODY)
 
     def live_event(self, instance_id: str) -> asyncio.Event:
         """An event set when a live (not asleep) route of ``instance_id`` is added; shared by all who wait."""
@@ -181,6 +241,8 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._routes)
 
+
+_NOBODY = Audience()
 
 Lookup = Callable[[str, str], Awaitable[Principal | None]]
 """``lookup(kind, secret)`` with kind ``"session"``, ``"token"`` or ``"origin"``: the slow path."""

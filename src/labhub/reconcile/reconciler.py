@@ -48,6 +48,7 @@ from labhub.catalog import Catalog
 from labhub.models import ACTIVE, TERMINAL, Instance, Kind, Replica, Status
 from labhub.proxy.routes import Route, RouteTable
 from labhub.reconcile import housekeeping, idle, jobs
+from labhub.reconcile.expiry import warn_expiring
 from labhub.reconcile.probe import http_status, listening
 from labhub.services import accounts, changes
 from labhub.services.errors import Conflict, Invalid, NotFound
@@ -311,6 +312,7 @@ class Reconciler:
             await self._observe_running(backend_name, group)
         await self._cull_idle(now, running)
         await self.flush_activity()
+        await warn_expiring(self.parts, self._tx, now)
         if self._ticks % ORPHAN_SCAN_EVERY == 1:
             await housekeeping.clean_orphans(self.parts, self._tasks)
             async with self._tx() as session:  # replicas gone for a day are forgotten

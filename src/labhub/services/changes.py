@@ -32,7 +32,8 @@ class Changes:
     should look at those instances (a launch or stop request); false for the
     reconciler's own moves, which only update routes and event streams.
     ``users``: users whose cached principals must go; ``everyone``: every
-    cached principal must go (a role change, a new approval).
+    cached principal must go (a role change, a new approval).  ``memberships``:
+    a group's members changed, so instances shared with groups have new audiences.
     """
 
     instances: dict[str, int] = field(default_factory=dict)
@@ -40,9 +41,10 @@ class Changes:
     users: set[int] = field(default_factory=set)
     everyone: bool = False
     deletions: bool = False
+    memberships: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.instances or self.users or self.everyone or self.deletions)
+        return bool(self.instances or self.users or self.everyone or self.deletions or self.memberships)
 
 
 def _of(session: AsyncSession) -> Changes:
@@ -79,6 +81,11 @@ def deletion(session: AsyncSession) -> None:
     _of(session).deletions = True
 
 
+def memberships(session: AsyncSession) -> None:
+    """Who is in a group changed (a member added or removed, a group deleted)."""
+    _of(session).memberships = True
+
+
 def take(session: AsyncSession) -> Changes | None:
     """Remove and return the session's record (after commit or rollback)."""
     session.info.pop("labhub_quiet", None)
@@ -103,6 +110,8 @@ def encode(changes: Changes, replica: str) -> list[str]:
                 body["e"] = 1
             if changes.deletions:
                 body["d"] = 1
+            if changes.memberships:
+                body["g"] = 1
         messages.append(json.dumps(body, separators=(",", ":")))
     return messages
 
@@ -117,4 +126,5 @@ def decode(payload: str) -> tuple[str, Changes] | None:
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     return replica, Changes(instances=instances, wake=bool(body.get("w")), users=users,
-                            everyone=bool(body.get("e")), deletions=bool(body.get("d")))
+                            everyone=bool(body.get("e")), deletions=bool(body.get("d")),
+                            memberships=bool(body.get("g")))

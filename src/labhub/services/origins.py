@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from labhub.models import ACTIVE, Instance, LoginSession, OriginGrant, User, UserStatus, utcnow
-from labhub.services import security
+from labhub.models import ACTIVE, Instance, LoginSession, OriginGrant, User, utcnow
+from labhub.services import security, shares
 
 SEPARATOR = "--"
 LABEL_MAX = 63  # one DNS label
@@ -59,9 +59,10 @@ async def instance_for_label(session: AsyncSession, label: str) -> Instance | No
     return inst
 
 
-def may_open(user: User, instance: Instance) -> bool:
-    """Who may be granted an instance's origin: its owner and admins."""
-    return user.status == UserStatus.ACTIVE and (instance.owner_id == user.id or user.is_admin)
+async def may_open(session: AsyncSession, *, user: User, instance: Instance) -> bool:
+    """Who may be granted an instance's origin: its owner, admins, and those it is shared with or open
+    to (:func:`labhub.services.shares.may_open`); active users only."""
+    return await shares.may_open(session, user=user, instance=instance)
 
 
 async def mint(session: AsyncSession, *, user: User, instance: Instance, login_secret: str | None,
@@ -121,8 +122,8 @@ class Access:
 async def principal(session: AsyncSession, *, secret: str, now: dt.datetime | None = None) -> Access | None:
     """Who an origin cookie belongs to and which instance it opens, if it is still good.
 
-    Checked again on every cache miss: the user must be active and still the
-    owner or an admin, and the instance still active.
+    Checked again on every cache miss: the user must be active and still
+    :func:`may_open` it, and the instance still active.
     """
     now = now or utcnow()
     rows = await session.execute(
@@ -133,6 +134,6 @@ async def principal(session: AsyncSession, *, secret: str, now: dt.datetime | No
         return None
     grant, instance = row
     user = await session.get(User, grant.user_id)
-    if user is None or instance.status not in ACTIVE or not may_open(user, instance):
+    if user is None or instance.status not in ACTIVE or not await may_open(session, user=user, instance=instance):
         return None
     return Access(user=user, instance_id=instance.id)

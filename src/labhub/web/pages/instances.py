@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,9 +18,10 @@ from labhub.catalog import Template
 from labhub.client import MODEL_SERVICE, MODEL_SUFFIXES, call_examples
 from labhub.hub import Hub
 from labhub.models import Event, Instance, Kind, Status, User
-from labhub.services import groups, origins, users, views
+from labhub.services import extend as extend_svc
+from labhub.services import groups, origins, shares, users, views
 from labhub.services import instances as svc
-from labhub.services.errors import Forbidden, Invalid, NotFound, ServiceError
+from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from labhub.services.instances import template_allowed
 from labhub.web.pages.common import PageUser, Viewer, check_csrf, render, safe_next
 
@@ -35,7 +36,9 @@ async def home(request: Request, user: PageUser, session: SessionDep) -> Respons
     # landing in between is then replayed to the page (harmless) instead of lost.
     after = await views.last_event_id(session)
     rows = await svc.list_instances(session, user=user, limit=200)
-    return render(request, "home.html", section="home", instances=rows, after=after)
+    return render(request, "home.html", section="home", instances=rows, after=after,
+                  shared=await shares.shared_ids(session, [i.id for i in rows]),
+                  shared_with_me=await shares.shared_with(session, user=user))
 
 
 async def _with_events(session: AsyncSession, user: User, instance_id: str) -> tuple[Instance, list[Event]]:
@@ -64,7 +67,8 @@ async def details(instance_id: str, request: Request, user: PageUser, session: S
 
 async def _details(request: Request, session: AsyncSession, hub: Hub, user: User, instance_id: str, *,
                    deploy_form: dict[str, Any] | None = None, deploy_fields: dict[str, str] | None = None,
-                   deploy_error: str = "", status: int = 200) -> Response:
+                   deploy_error: str = "", extend_error: str = "", share_error: dict[str, str] | None = None,
+                   status: int = 200) -> Response:
     """An instance's page; a job's offers to deploy its models, a service's shows how to call it."""
     inst, events = await _with_events(session, user, instance_id)
     job = await _job_facts(session, hub, user, inst) if inst.kind == Kind.JOB else None
@@ -75,7 +79,8 @@ async def _details(request: Request, session: AsyncSession, hub: Hub, user: User
                   inst=inst, events=events, after=events[-1].id if events else 0, tpl=hub.catalog.get(inst.template),
                   explanation=views.explain_end(inst, events=events), address=address, job=job,
                   keep_days=hub.jobs.settings.artifact_days, deploy=deploy, deploy_fields=deploy_fields or {},
-                  deploy_error=deploy_error, service=service)
+                  deploy_error=deploy_error, service=service, extend=_extend_facts(hub, inst),
+                  extend_error=extend_error, sharing=await _sharing_facts(session, hub, user, inst, share_error))
 
 
 ARTIFACTS_SHOWN = 500  # a job's page lists this many artifacts at most (the tar.gz has all)
@@ -221,6 +226,98 @@ def _flag(value: str, field: str) -> bool | None:
     return value == "1"
 
 
+def _extend_facts(hub: Hub, inst: Instance) -> dict[str, Any]:
+    """The Expires row's "Extend" form (when it can get more) and the warning banner (when it expires soon)."""
+    room = extend_svc.room(inst, hub.catalog.get(inst.template))
+    return {"left": room.left if room.left > extend_svc.EPSILON else 0, "max": room.max_hours,
+            "soon": extend_svc.expires_soon(inst, now=hub.clock(),
+                                            warning_minutes=hub.settings.expiry_warning_minutes)}
+
+
+@router.post("/instances/{instance_id}/extend")
+async def extend(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                 csrf_token: Annotated[str, Form()] = "", hours: Annotated[str, Form()] = "") -> Response:
+    """The Expires row's "Extend" form: ``hours`` more, within the template's maximum (its owner's or an
+    admin's); a refusal is shown on the instance's page, next to the form."""
+    check_csrf(request, csrf_token)
+    try:
+        inst = await extend_svc.extend(session, user=user, catalog=hub.catalog, instance_id=instance_id,
+                                       hours=_hours(hours), now=hub.clock())
+    except (Invalid, Conflict) as exc:  # (nothing was written)
+        return await _details(request, session, hub, user, instance_id, status=exc.status,
+                              extend_error=exc.fields.get("hours", exc.message))
+    await session.commit()
+    return RedirectResponse(f"/instances/{inst.id}#expires", status_code=303)
+
+
+def _hours(raw: str) -> float:
+    try:
+        return float(raw.strip() or "nan")
+    except ValueError:
+        raise Invalid("invalid extension", fields={"hours": "must be a number of hours, e.g. 2 or 0.5"}) from None
+
+
+# -- sharing: the owner's shares, an admin's opening to everyone ------------------------------------------
+async def _sharing_facts(session: AsyncSession, hub: Hub, user: User, inst: Instance,
+                         error: dict[str, str] | None) -> dict[str, Any] | None:
+    """The Share section: whom it is shared with, whether it is open, what the viewer may change
+    (``error``: the share form's refusal, with what was typed)."""
+    if inst.kind == Kind.JOB:
+        return None
+    return {"shares": await shares.shares_of(session, inst.id), "open_to": inst.open_to or "",
+            "can_open": user.is_admin and inst.kind == Kind.WORKSPACE and hub.subdomains,
+            "path_mode": not hub.subdomains, "choices": shares.OPEN_TO, "error": error or {}}
+
+
+@router.post("/instances/{instance_id}/shares")
+async def add_share(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                    csrf_token: Annotated[str, Form()] = "", kind: Annotated[str, Form()] = "user",
+                    name: Annotated[str, Form()] = "") -> Response:
+    """The Share section's form: share with the user or group ``name`` (``kind`` user/group); a refusal
+    is shown beside the form."""
+    check_csrf(request, csrf_token)
+    if kind not in ("user", "group"):
+        raise Invalid("invalid share", fields={"kind": "must be user or group"})
+    try:
+        info, _ = await shares.share(session, actor=user, instance_id=instance_id, address=_address(request),
+                                     now=hub.clock(), **{kind: name})
+    except Invalid as exc:  # (nothing was written)
+        message = exc.fields.get(kind) or exc.fields.get("body") or exc.message
+        return await _details(request, session, hub, user, instance_id, status=exc.status,
+                              share_error={"kind": kind, "name": name, "message": message})
+    await session.commit()
+    await hub.refresh_routes({info.instance_id})  # this replica's proxy at once
+    return RedirectResponse(f"/instances/{info.instance_id}#sharing", status_code=303)
+
+
+@router.post("/instances/{instance_id}/shares/{share_id}/revoke")
+async def revoke_share(instance_id: str, share_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request,
+                       user: PageUser, session: SessionDep, hub: HubDep,
+                       csrf_token: Annotated[str, Form()] = "") -> Response:
+    check_csrf(request, csrf_token)
+    info = await shares.revoke(session, actor=user, instance_id=instance_id, share_id=share_id,
+                               address=_address(request), now=hub.clock())
+    await session.commit()
+    await hub.refresh_routes({info.instance_id})
+    return RedirectResponse(f"/instances/{info.instance_id}#sharing", status_code=303)
+
+
+@router.post("/instances/{instance_id}/access")
+async def set_access(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                     csrf_token: Annotated[str, Form()] = "", open_to: Annotated[str, Form()] = "") -> Response:
+    """An admin's switch: open the workspace to every user, to anyone, or to neither."""
+    check_csrf(request, csrf_token)
+    inst = await shares.set_open_to(session, actor=user, instance_id=instance_id, open_to=open_to,
+                                    subdomains=hub.subdomains, address=_address(request), now=hub.clock())
+    await session.commit()
+    await hub.refresh_routes({inst.id})
+    return RedirectResponse(f"/instances/{inst.id}#sharing", status_code=303)
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 @router.post("/instances/{instance_id}/stop")
 async def stop(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
                csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
@@ -319,7 +416,7 @@ async def user_path(owner: str, name: str, path: str, request: Request, hub: Hub
     inst = await svc.find_by_name(session, owner=owner_user, name=name) if owner_user else None
     if inst is None:
         raise HTTPException(404, f"there is no instance {owner}/{name}")
-    if not origins.may_open(user, inst):
+    if not await origins.may_open(session, user=user, instance=inst):
         raise Forbidden("not your instance")
     html = "text/html" in request.headers.get("accept", "")
     # a sleeping service counts: its origin's next request wakes it
