@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from labhub.backends.base import BackendError, Handle
 from labhub.files import tree
 from labhub.models import ACTIVE, AuditEvent, Instance, Kind, Status, User
+from labhub.reconcile import housekeeping
 from labhub.services.instances import request_stop
 
 if TYPE_CHECKING:
@@ -73,18 +74,10 @@ async def survey(parts: Parts, busy: Container[str], now: dt.datetime) -> list[I
             Instance.kind == Kind.JOB, Instance.output_bytes.is_not(None), Instance.artifacts_expire_at <= now)
             .limit(MAX_ITEMS)))
     items: list[Item] = []
-    for backend in parts.backends.values():
-        try:
-            owned = await backend.list_owned()
-        except BackendError as exc:
-            log.warning("%s backend: cannot list its instances: %s", backend.name, exc)
-            continue
-        for handle in owned:
-            iid = str(handle.get("instance_id") or "")
-            if iid and iid not in active and iid not in busy:
-                what = next((f"{k} {handle[k]}" for k in ("pid", "job_id", "pod") if k in handle), "")
-                items.append(Item("orphan", iid, f"{backend.name} backend: {what}".rstrip(": "),
-                                  handle=handle, backend=backend.name))
+    for backend, handle in await housekeeping.orphans(parts, busy):
+        what = next((f"{k} {handle[k]}" for k in ("pid", "job_id", "pod") if k in handle), "")
+        items.append(Item("orphan", str(handle["instance_id"]), f"{backend.name} backend: {what}".rstrip(": "),
+                          handle=handle, backend=backend.name))
     items += [Item("expired", iid, f"expired {row.expires_at:%Y-%m-%d %H:%M} UTC, still {row.status}")
               for iid, row in active.items() if row.status != Status.STOPPING and row.expires_at <= now]
     homes = parts.launch.home_for("-").parent

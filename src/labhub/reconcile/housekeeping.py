@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from labhub.backends.base import BackendError
+from labhub.backends.base import Backend, BackendError, Handle
 from labhub.models import ACTIVE, Instance, Kind, User
 from labhub.services import users
 from labhub.services.errors import ServiceError
@@ -27,12 +27,13 @@ ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 Tx = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 
-async def clean_orphans(parts: Parts, busy: Container[str]) -> None:
-    """Terminate backend jobs of this hub that no active instance accounts for.
+async def orphans(parts: Parts, busy: Container[str]) -> list[tuple[Backend, Handle]]:
+    """The backend jobs of this hub that no active instance accounts for (nor work in flight).
 
     The jobs are listed first and the database read after: a job exists only once its
     instance's row was committed, so a launch in flight on any replica is never taken
     for an orphan."""
+    found = []
     for backend in parts.backends.values():
         try:
             owned = await backend.list_owned()
@@ -45,11 +46,16 @@ async def clean_orphans(parts: Parts, busy: Container[str]) -> None:
         async with parts.sessions() as session:
             known = set((await session.execute(select(Instance.id).where(
                 Instance.id.in_(ids), Instance.status.in_(ACTIVE_VALUES)))).scalars())
-        for handle in owned:
-            iid = handle.get("instance_id")
-            if iid and iid not in known and iid not in busy:
-                log.warning("%s backend: terminating orphan %s", backend.name, iid)
-                await backend.terminate(handle, grace=parts.settings.stop_grace)
+        found += [(backend, h) for h in owned if h.get("instance_id") and h["instance_id"] not in known
+                  and h["instance_id"] not in busy]
+    return found
+
+
+async def clean_orphans(parts: Parts, busy: Container[str]) -> None:
+    """Terminate :func:`orphans`."""
+    for backend, handle in await orphans(parts, busy):
+        log.warning("%s backend: terminating orphan %s", backend.name, handle["instance_id"])
+        await backend.terminate(handle, grace=parts.settings.stop_grace)
 
 
 async def finish_deletions(parts: Parts, tx: Tx) -> None:
