@@ -179,12 +179,25 @@ async def start_hub(tmp_path: Path) -> AsyncIterator:
 
     yield start
     for harness in harnesses:
+        await _end_instances(harness)
         async with asyncio.timeout(30):  # a hang here is a bug (see Reconciler.stop)
             await harness.close()
     import shutil
 
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _end_instances(harness: Harness) -> None:
+    """Whatever a test left running on its hub's backends (a hub's close leaves instances running, as a
+    restart must): ended, so that no test's processes outlive it."""
+    for backend in harness.hub.backends.values():
+        try:
+            async with asyncio.timeout(30):
+                for handle in await backend.list_owned():
+                    await backend.terminate(handle, grace=0)
+        except Exception:  # noqa: BLE001 - a backend already closed by the test, or unreachable: nothing to end
+            continue
 
 
 class EchoUpstream:
