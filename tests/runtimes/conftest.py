@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,15 @@ def _prune_other_builds(root: Path, runtime: Runtime) -> None:
     for other in root.glob(f"{runtime.name}-*"):
         if other != current and (other / MARKER).is_file():
             shutil.rmtree(other, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def models(serve_runtime: BuiltRuntime, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The serve tests' model files (tests.runtimes.serve_support.make_models) and what each predicts; read only."""
+    from tests.runtimes.serve_support import make_models
+
+    directory = tmp_path_factory.mktemp("models")
+    return directory, make_models(serve_runtime, directory)
 
 
 @pytest.fixture(scope="session")

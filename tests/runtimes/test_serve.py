@@ -28,7 +28,6 @@ from tests.runtimes.serve_support import (
     Server,
     curl,
     last_stderr_line,
-    make_models,
     post_json,
     run_to_exit,
     start_server,
@@ -36,12 +35,6 @@ from tests.runtimes.serve_support import (
 from tests.runtimes.support import BuiltRuntime, TrainJob, run_train
 
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def models(serve_runtime: BuiltRuntime, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    directory = tmp_path_factory.mktemp("models")
-    return directory, make_models(serve_runtime, directory)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.runtimes.serve_support import clean_env, curl, make_models, post_json
+from tests.runtimes.serve_support import clean_env, curl, post_json
 from tests.runtimes.support import BuiltRuntime
-
-
-@pytest.fixture(scope="module")
-def models(serve_runtime: BuiltRuntime, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    directory = tmp_path_factory.mktemp("models")
-    return directory, make_models(serve_runtime, directory)
 
 
 def start(runtime: BuiltRuntime, workdir: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:

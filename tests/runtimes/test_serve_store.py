@@ -22,7 +22,6 @@ from tests.runtimes.serve_support import (
     Server,
     curl,
     last_stderr_line,
-    make_models,
     post_json,
     run_to_exit,
     start_server,
@@ -31,12 +30,6 @@ from tests.runtimes.support import BuiltRuntime
 
 LIMIT = 1_000_000  # the store server's --max-upload-bytes
 ROW = 2  # the row of the drawn inputs /json requests send
-
-
-@pytest.fixture(scope="module")
-def models(serve_runtime: BuiltRuntime, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    directory = tmp_path_factory.mktemp("models")
-    return directory, make_models(serve_runtime, directory)
 
 
 @pytest.fixture(scope="module")
