@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import html
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from labhub import server
+from labhub.models import utcnow
 from labhub.settings import Settings
 
 TERMINAL = {"stopped", "succeeded", "failed", "expired"}
@@ -198,6 +200,16 @@ async def _end_instances(harness: Harness) -> None:
                     await backend.terminate(handle, grace=0)
         except Exception:  # noqa: BLE001 - a backend already closed by the test, or unreachable: nothing to end
             continue
+
+
+class OffsetClock:
+    """A hub's clock (``start_hub(clock=...)``): the real time plus ``offset``, which a test moves on."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta()
+
+    def __call__(self) -> dt.datetime:
+        return utcnow() + self.offset
 
 
 class EchoUpstream:

@@ -13,7 +13,8 @@ import textwrap
 import pytest
 from sqlalchemy import delete
 
-from labhub.models import Event, Instance, utcnow
+from labhub.models import Event, Instance
+from tests.conftest import OffsetClock
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,18 +26,12 @@ SLEEPER = textwrap.dedent("""\
 """)
 
 
-class Clock:
-    offset = dt.timedelta()
-
-    def __call__(self) -> dt.datetime:
-        return utcnow() + self.offset
-
 
 async def test_leftovers_are_reported_then_removed_and_audited(start_hub, sqlite_url, tmp_path):
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "sleeper.yaml").write_text(SLEEPER)
-    clock = Clock()
+    clock = OffsetClock()
     hub = await start_hub(sqlite_url, templates_dir=templates, clock=clock, reconcile_interval=60)
     admin, alice = await hub.user("root", admin=True), await hub.user("alice")
     lost = (await alice.http.post("/api/v1/instances", json={"template": "sleeper", "name": "lost"})).json()

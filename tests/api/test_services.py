@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from labhub.models import Instance, User, utcnow
+from labhub.models import Instance, User
 from labhub.services import credentials
 from labhub.settings import ServicesSettings
+from tests.conftest import OffsetClock
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,13 +63,7 @@ INFER = "/v2/models/echo/infer"
 
 @pytest.fixture
 def clock():
-    class Clock:
-        offset = dt.timedelta()
-
-        def __call__(self) -> dt.datetime:
-            return utcnow() + self.offset
-
-    return Clock()
+    return OffsetClock()
 
 
 @pytest.fixture

@@ -9,17 +9,11 @@ import datetime as dt
 
 import pytest
 
-from labhub.models import utcnow
+from tests.conftest import OffsetClock
 from tests.e2e.conftest import run_code
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.jupyter]
 
-
-class Clock:
-    offset = dt.timedelta()
-
-    def __call__(self) -> dt.datetime:
-        return utcnow() + self.offset
 
 
 async def kernel_states(lab) -> list[str]:
@@ -27,7 +21,7 @@ async def kernel_states(lab) -> list[str]:
 
 
 async def test_a_busy_kernel_is_not_idle_and_the_reason_says_what_decided(start_hub, sqlite_url, shared_tmp):
-    clock = Clock()
+    clock = OffsetClock()
     hub = await start_hub(sqlite_url, data_dir=shared_tmp / "data", clock=clock)
     alice = await hub.user("alice")
     inst = (await alice.http.post("/api/v1/instances", json={"template": "jupyterlab", "name": "ws1",

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from labhub.models import utcnow
+from tests.conftest import OffsetClock
 from tests.e2e.test_mlaas4hep import curl, curl_json
 from tests.runtimes.conftest import runtimes_root, serve_runtime  # noqa: F401 - fixtures
 from tests.runtimes.serve_support import make_models
@@ -35,12 +35,6 @@ def models(serve_runtime, tmp_path_factory) -> tuple[Path, dict[str, Any]]:  # n
     (directory / "broken.onnx").write_bytes(b"not a graph at all")
     return directory, expected
 
-
-class Clock:
-    offset = dt.timedelta()
-
-    def __call__(self) -> dt.datetime:
-        return utcnow() + self.offset
 
 
 async def upload(caller, folder: str, path: Path) -> None:
@@ -156,7 +150,7 @@ async def test_uploaded_onnx_skops_and_torchscript_models_answer_every_protocol(
 async def test_a_service_scaled_to_zero_is_woken_by_the_next_inference(
         start_hub, sqlite_url, models, runtimes_root):  # noqa: F811
     directory, expected = models
-    clock = Clock()
+    clock = OffsetClock()
     hub = await start_hub(sqlite_url, runtimes_dir=runtimes_root, clock=clock)
     alice = await hub.user("alice")
     await upload(alice, "models", directory / "tiny.onnx")

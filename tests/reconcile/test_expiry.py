@@ -5,7 +5,6 @@ an owner without an address, and exactly once when passes race."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import pytest
 from sqlalchemy import select
@@ -17,21 +16,12 @@ from labhub.reconcile import expiry
 from labhub.services import extend, instances, users
 from tests.auth.conftest import free_port, smtp  # noqa: F401 - the SMTP server fixture
 from tests.conftest import make_settings
+from tests.reconcile.test_reconciler import Clock
 
 pytestmark = pytest.mark.asyncio
 ALICE = "alice@lab.example"
 DESK = "title: Desk\nkind: workspace\ncommand: [desk]\nhours: {default: 1, max: 2}\n"
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += dt.timedelta(**kwargs)
 
 
 @pytest.fixture
