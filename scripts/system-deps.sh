@@ -17,6 +17,8 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/xrootd ] || missing+=(xrootd-server)
 # MLaaS4HEP's recipes and TF-Serving's REST are driven with curl, as their users do.
 command -v curl >/dev/null || missing+=(curl)
+# The benchmarks' quick mode (tests/benchmarks/test_quick.py) drives HTTP with wrk, as make bench does.
+command -v wrk >/dev/null || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $root = 1 ]; then
     echo "installing: ${missing[*]}"
