@@ -176,6 +176,32 @@ class ServicesSettings(BaseModel):
     wake_retry_after_s: int = Field(default=10, ge=1)  # the Retry-After of the 503 when it did not start in time
 
 
+class QuotaSettings(BaseModel):
+    """Every user's limits unless their own quota or a group's says otherwise (docs/policies.md);
+    env ``LABHUB_QUOTA__<FIELD>``.  ``None``: no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: int | None = Field(default=None, ge=0)  # active instances (queued ones do not count)
+    cpus: float | None = Field(default=None, ge=0)
+    memory_mb: int | None = Field(default=None, ge=0)
+    gpus: int | None = Field(default=None, ge=0)
+    gpu_hours: float | None = Field(default=None, ge=0)  # per period
+    cpu_hours: float | None = Field(default=None, ge=0)  # per period
+    period: Literal["day", "week", "month"] = "month"  # GPU- and CPU-hours are counted per calendar period (UTC)
+
+
+class CapacitySettings(BaseModel):
+    """What the local backend may hand out at once; env ``LABHUB_CAPACITY__<FIELD>``.  A launch that
+    does not fit in what is free waits in the admission queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float | None = Field(default=None, gt=0)  # None: not limited (the kernel shares CPU time)
+    memory_mb: int | None = Field(default=None, gt=0)  # None: not limited
+    gpus: int | None = Field(default=None, ge=0)  # None: the GPUs found (NVML, /proc/driver/nvidia); always exclusive
+
+
 class Settings(BaseSettings):
     """Hub configuration.  Every field can be set as ``LABHUB_<FIELD>``."""
 
@@ -193,6 +219,10 @@ class Settings(BaseSettings):
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    # the shortest idle time after which any instance may be culled, whatever its template says (hours; 0: none)
+    idle_min_hours: float = Field(default=0.0, ge=0)
     runtimes_dir: Path | None = None  # built runtimes (virtualenvs instances run in); default <data_dir>/runtimes
     mlaas4hep_routes: bool = True  # MLaaS4HEP's /upload, /submit, /status_docker, ... (docs/jobs.md)
 

@@ -282,11 +282,12 @@ class MountOnFirstUse:
 
 def _mount_the_rest(app: FastAPI, *, guards_installed: bool) -> None:
     """The admin and group API, the pages and the login routes (with the guards, unless installed)."""
-    from labhub.api import cleanup, folders, groups, users
+    from labhub.api import cleanup, folders, groups, quotas, users
 
     app.include_router(users.router, prefix="/api/v1")
     app.include_router(users.audit_router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")
+    app.include_router(quotas.router, prefix="/api/v1")
     app.include_router(folders.router, prefix="/api/v1")
     app.include_router(cleanup.router, prefix="/api/v1")
     if app.state.hub.settings.mlaas4hep_routes:

@@ -29,10 +29,10 @@ from labhub.api.schemas import (
 )
 from labhub.backends.base import BackendError, BackendUnavailable
 from labhub.hub import Hub
-from labhub.models import ACTIVE, TERMINAL, Event, Instance, User
-from labhub.services import groups
+from labhub.models import ACTIVE, TERMINAL, Event, Instance, Status, User, awaits_admission
+from labhub.services import admission, groups, users
 from labhub.services import instances as svc
-from labhub.services.errors import Forbidden, NotFound, Unavailable
+from labhub.services.errors import Forbidden, Invalid, NotFound, Unavailable
 from labhub.services.lifecycle import event_dict
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,31 @@ EVENTS_LIMIT = 1000
 @router.post("", status_code=201, response_model=InstanceOut, summary="Launch an instance",
              responses=error(409, "You already have an active instance with this name"))
 async def launch(body: LaunchRequest, user: InstancesUser, session: SessionDep, hub: HubDep) -> InstanceOut:
+    owner = user
+    if body.owner is not None and body.owner != user.name:
+        if not user.is_admin:
+            raise Forbidden("only admins may launch for another user")
+        owner = await users.get_user(session, name=body.owner)
+        if owner is None:
+            raise Invalid("no such user", fields={"owner": f"no user named {body.owner!r}"})
     inst = await svc.launch(
-        session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
+        session, user=owner, actor=user, catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
         template=body.template, name=body.name, size=body.size, hours=body.hours, params=body.params,
-        backend=body.backend, groups=await groups.names_of(session, user), input=body.input, public=body.public,
-        min_replicas=body.min_replicas, replicas=body.replicas, now=hub.clock(),
+        backend=body.backend, groups=await groups.names_of(session, owner), input=body.input, public=body.public,
+        min_replicas=body.min_replicas, replicas=body.replicas, now=hub.clock(), quota=hub.settings.quota,
+        custom=body.custom.model_dump() if body.custom else None,
     )
     await session.commit()
-    return InstanceOut.of(inst, url=hub.instance_url(inst))
+    return await _out(hub, inst)
+
+
+async def _out(hub: Hub, inst: Instance) -> InstanceOut:
+    """The instance as the API shows it, with its place in the admission queue while it waits."""
+    place = None
+    if awaits_admission(inst.status, inst.handle):
+        async with hub.engine.connect() as conn:
+            place = (await admission.positions(conn, [inst.id])).get(inst.id)
+    return InstanceOut.of(inst, url=hub.instance_url(inst), queue_position=place)
 
 
 @router.get("", response_model=list[InstanceOut], summary="List instances (yours; admins: any owner or all)",
@@ -80,7 +97,9 @@ async def list_instances(
         query = _list_query(all, name is not None, status is not None, active)
         rows = (await conn.execute(query, {"owner_id": owner_id, "name": name, "status": status, "limit": limit,
                                            "offset": offset})).all()
-    return json_answer(to_json([_listed(hub, row) for row in rows]))
+        waiting = [row[0] for row in rows if row[11] == Status.QUEUED and row[12] == admission.REASON]
+        places = await admission.positions(conn, waiting) if waiting else {}
+    return json_answer(to_json([_listed(hub, row, places.get(row[0])) for row in rows]))
 
 
 _LISTED = (Instance.id, Instance.name, Instance.kind, Instance.template, Instance.size, Instance.cpus,
@@ -120,7 +139,7 @@ class _Named(NamedTuple):
     owner: SimpleNamespace
 
 
-def _listed(hub: Hub, row: Any) -> dict[str, Any]:
+def _listed(hub: Hub, row: Any, queue_position: int | None = None) -> dict[str, Any]:
     """One row of :data:`_LISTED` (and the owner's name) as :class:`InstanceOut` writes it, field for field."""
     (iid, name, kind, template, size, cpus, memory_mb, gpus, hours, params, backend, status, reason, message,
      created_at, started_at, ended_at, expires_at, last_activity_at, input_folder, exit_code, output_bytes,
@@ -133,14 +152,14 @@ def _listed(hub: Hub, row: Any) -> dict[str, Any]:
         "created_at": created_at, "started_at": started_at, "ended_at": ended_at, "expires_at": expires_at,
         "last_activity_at": last_activity_at, "input": input_folder, "exit_code": exit_code,
         "artifacts_bytes": output_bytes, "public": bool(public), "min_replicas": min_replicas,
-        "replicas": replicas,
+        "replicas": replicas, "queue_position": queue_position,
     }
 
 
 @router.get("/{instance_id}", response_model=InstanceOut, summary="One instance", responses=ONE)
 async def get_instance(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> InstanceOut:
     inst = await svc.get_instance(session, user=user, instance_id=instance_id)
-    return InstanceOut.of(inst, url=hub.instance_url(inst))
+    return await _out(hub, inst)
 
 
 @router.patch("/{instance_id}", response_model=InstanceOut, summary="Change a service: public or not, may sleep or not",
@@ -159,7 +178,7 @@ async def change_instance(instance_id: Text, body: ServiceChange, user: Instance
 async def stop_instance(instance_id: Text, user: InstancesUser, session: SessionDep, hub: HubDep) -> InstanceOut:
     await session.commit()  # the stop is its own transaction (retried if the hub moves the instance meanwhile)
     inst = await svc.stop(hub.tx, user_id=user.id, instance_id=instance_id)
-    return InstanceOut.of(inst, url=hub.instance_url(inst))
+    return await _out(hub, inst)
 
 
 @router.get("/{instance_id}/events", response_model=list[EventOut],

@@ -148,7 +148,7 @@ async def submit(body: SubmitRequest, user: CompatUser, session: SessionDep, hub
             template=TEMPLATE, name=f"{_dns(body.name)}-{n}", size=size, hours=body.hours,
             params={"files": body.files, "labels": body.labels, "model": body.model, "params": body.params,
                     "fout": body.fout}, groups=await groups.names_of(session, user), input=body.name,
-            now=hub.clock())
+            now=hub.clock(), quota=hub.settings.quota)
     except Invalid as exc:  # in this request's words: the size is what device, cpus and memory chose
         renamed = {"device" if key == "size" else key.removeprefix("params."): why for key, why in exc.fields.items()}
         raise Invalid(exc.message, fields=renamed) from exc

@@ -109,6 +109,12 @@ class RequestBody(BaseModel):
         return _refuse_nul(value)
 
 
+class CustomSize(RequestBody):
+    cpus: float = Field(gt=0, le=100_000)
+    memory_mb: int = Field(gt=0, le=1024**3)
+    gpus: int = Field(default=0, ge=0, le=10_000)
+
+
 class LaunchRequest(RequestBody):
     model_config = ConfigDict(json_schema_extra={
         "examples": [{"template": "jupyterlab", "name": "ws1", "size": "small", "hours": 2, "params": {}}]})
@@ -129,6 +135,10 @@ class LaunchRequest(RequestBody):
 
     replicas: int | None = Field(default=None, description="services: how many processes serve it (the proxy "
                                                            "spreads requests over them), each of its size")
+    custom: CustomSize | None = Field(default=None, description='with `size: "custom"`: the size wanted, within '
+                                                                "the template's or your group policy's maximum")
+    owner: str | None = Field(default=None, max_length=63, description="admins: launch for this user (it is "
+                                                                        "theirs, counted against their quota)")
 
 
 class ServiceChange(RequestBody):
@@ -171,9 +181,11 @@ class InstanceOut(BaseModel):
     public: bool = Field(default=False, description="services: its inference routes are open to anyone")
     min_replicas: int = Field(default=1, description="services: 0 sleeps when idle (status `sleeping`)")
     replicas: int = Field(default=1, description="services: processes serving it")
+    queue_position: int | None = Field(default=None, description="waiting for admission (status `queued`, reason "
+                                                                 "`admission`): its place in the queue, 1 = next")
 
     @classmethod
-    def of(cls, inst: Instance, *, url: str) -> InstanceOut:
+    def of(cls, inst: Instance, *, url: str, queue_position: int | None = None) -> InstanceOut:
         return cls(
             id=inst.id, name=inst.name, owner=inst.owner.name, kind=inst.kind, template=inst.template,
             size=inst.size, resources=Resources(cpus=inst.cpus, memory_mb=inst.memory_mb, gpus=inst.gpus),
@@ -182,7 +194,7 @@ class InstanceOut(BaseModel):
             started_at=inst.started_at, ended_at=inst.ended_at, expires_at=inst.expires_at,
             last_activity_at=inst.last_activity_at, input=inst.input_folder, exit_code=inst.exit_code,
             artifacts_bytes=inst.output_bytes, public=bool(inst.public), min_replicas=inst.min_replicas,
-            replicas=inst.replicas,
+            replicas=inst.replicas, queue_position=queue_position,
         )
 
 

@@ -72,6 +72,15 @@ class Resources:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a backend can hand out at once (``None``: not limited by LabHub; the backend may queue)."""
+
+    cpus: float | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchSpec:
     """Everything a backend needs to start one instance.
 
@@ -132,6 +141,11 @@ class Backend(abc.ABC):
     def describe_isolation(self) -> str:
         """One line saying how instances are isolated (shown to admins)."""
         return "none"
+
+    def capacity(self) -> Capacity:
+        """What LabHub's admission queue may hand out on this backend at once; the default limits
+        nothing (a batch system such as Slurm queues by itself and says why)."""
+        return Capacity()
 
     def unsupported(self, spec: LaunchSpec) -> dict[str, str]:
         """Reasons this backend cannot run ``spec``, keyed by field; pure.

@@ -28,6 +28,7 @@ from labhub.backends.base import (
     BackendError,
     BackendUnavailable,
     Capability,
+    Capacity,
     Handle,
     LaunchSpec,
     Observation,
@@ -50,8 +51,11 @@ class FakeBackend(Backend):
     capabilities = frozenset({Capability.LOGS})
 
     def __init__(self, *, mode: str = "ok", start_after: int = 1, delay: float = 0.0,
-                 url: str | None = "http://127.0.0.1:9", gpus: bool = False) -> None:
+                 url: str | None = "http://127.0.0.1:9", gpus: bool = False,
+                 capacity: Capacity | None = None) -> None:
+        """``capacity``: what the admission queue may hand out at once (default: not limited)."""
         self.mode = mode
+        self._capacity = capacity or Capacity()
         self.start_after = start_after
         self.delay = delay
         self.url = url
@@ -63,6 +67,9 @@ class FakeBackend(Backend):
 
     def describe_isolation(self) -> str:
         return "none (fake backend: nothing runs)"
+
+    def capacity(self) -> Capacity:
+        return self._capacity
 
     def _check_reachable(self) -> None:
         if self.unreachable:

@@ -40,16 +40,18 @@ from labhub.backends.base import (
     BackendError,
     BackendUnavailable,
     Capability,
+    Capacity,
     Handle,
     LaunchSpec,
     Observation,
     Phase,
 )
+from labhub.backends.gpus import Gpu
+from labhub.backends.gpus import inventory as gpu_inventory
 from labhub.backends.local_isolation import Account, Accounts, Cgroups, account_name, spawn
 from labhub.backends.local_process import (
     HOST,
     Child,
-    count_gpus,
     exited,
     fill,
     first_private_dir,
@@ -96,8 +98,11 @@ class LocalBackend(Backend):
         clock: Callable[[], float] = time.time,
         gpus: int | None = None,
         private_root: Path | None = None,
+        cpus: float | None = None,
+        memory_mb: int | None = None,
     ) -> None:
-        """``gpus``: how many GPUs to hand out; ``None`` counts ``/dev/nvidiaN``.
+        """``gpus``: how many GPUs to hand out; ``None``: the GPUs found (:mod:`labhub.backends.gpus`).
+        ``cpus``, ``memory_mb``: what the admission queue may hand out at once (``None``: not limited).
 
         ``private_root`` is the hub's data directory, whose permissions the hub
         keeps (traversable by :attr:`data_dir_group` only); what lies above it
@@ -142,7 +147,9 @@ class LocalBackend(Backend):
         self._socket_root: Path | None = None
         cgroups = Cgroups(Path(cgroup_root)) if auto and not self.refusal else None
         self._cgroups = cgroups if cgroups is not None and cgroups.available else None
-        self._gpu_count = count_gpus() if gpus is None else gpus
+        self.gpus = gpu_inventory() if gpus is None else [Gpu(index=i, found_by="settings") for i in range(gpus)]
+        self._gpu_count = len(self.gpus)
+        self._capacity = Capacity(cpus=cpus, memory_mb=memory_mb, gpus=self._gpu_count)
         if self._gpu_count > 0:
             self.capabilities = frozenset({*self.capabilities, Capability.GPUS})
         self._children: dict[str, Child] = {}
@@ -166,6 +173,9 @@ class LocalBackend(Backend):
         if self._gpu_count:
             text += f"; {self._gpu_count} GPU(s) assigned via CUDA_VISIBLE_DEVICES (not enforced)"
         return text
+
+    def capacity(self) -> Capacity:
+        return self._capacity
 
     def unsupported(self, spec: LaunchSpec) -> dict[str, str]:
         reasons = super().unsupported(spec)

@@ -17,8 +17,11 @@ def _local(*, data_dir: Path, isolation: str, settings: Any = None, **_: Any) ->
     from labhub.backends.local import LocalBackend
 
     prefix = settings.account_prefix if settings is not None else "labhub-"
+    capacity = settings.capacity if settings is not None else None
     return LocalBackend(state_dir=data_dir / "instances", hub_id="labhub", isolation=isolation,
-                        account_prefix=prefix, private_root=data_dir)
+                        account_prefix=prefix, private_root=data_dir,
+                        gpus=capacity.gpus if capacity else None, cpus=capacity.cpus if capacity else None,
+                        memory_mb=capacity.memory_mb if capacity else None)
 
 
 def _slurm(*, data_dir: Path, settings: Any, **_: Any) -> Backend:

@@ -161,6 +161,8 @@ class Template(BaseModel):
     ready_path: str | None = "api"  # probed under the base URL; None: alive means ready
     sizes: list[str] | None = None  # allowed sizes; None: all configured sizes
     default_size: str | None = None
+    custom_size: bool = False  # besides the presets, any size up to the largest preset's (or the group policy's)
+    single_instance: bool = False  # one active instance of it per user: a second launch names the first
     hours: Hours = Field(default_factory=Hours)
     start_timeout: float | None = Field(default=None, gt=0)
     idle_timeout_hours: float | None = Field(default=None, gt=0)

@@ -2,7 +2,19 @@
 
 from labhub.models.base import Base, UTCDateTime, utcnow
 from labhub.models.folder import Folder
-from labhub.models.instance import ACTIVE, ROUTED, ROUTED_OR_ASLEEP, TERMINAL, AuditEvent, Event, Instance, Kind, Status
+from labhub.models.instance import (
+    ACTIVE,
+    ROUTED,
+    ROUTED_OR_ASLEEP,
+    TERMINAL,
+    AdmissionLock,
+    AuditEvent,
+    Event,
+    Instance,
+    Kind,
+    Status,
+    awaits_admission,
+)
 from labhub.models.origin import OriginGrant
 from labhub.models.replica import Replica
 from labhub.models.share import Share
@@ -19,8 +31,8 @@ from labhub.models.user import (
 )
 
 __all__ = [
-    "ACTIVE", "ROUTED", "ROUTED_OR_ASLEEP", "TERMINAL", "ApiToken", "AuditEvent", "Base", "Event", "Folder", "Group", "Identity", "Instance", "Kind",
+    "ACTIVE", "ROUTED", "ROUTED_OR_ASLEEP", "TERMINAL", "AdmissionLock", "ApiToken", "AuditEvent", "Base", "Event", "Folder", "Group", "Identity", "Instance", "Kind",
     "LoginSession", "Membership", "OriginGrant", "Replica", "Role", "Status", "SystemAccount", "UTCDateTime", "User",
     "UserStatus", "Share",
-    "utcnow",
+    "awaits_admission", "utcnow",
 ]

@@ -96,6 +96,10 @@ class Instance(Base):
     # workspaces: opened by an admin to every active user ("users") or to anyone, without login ("anyone");
     # "" for neither (its owner, admins and those it is shared with: labhub.models.Share)
     open_to: Mapped[str] = mapped_column(String(8), default="", server_default="")
+    # the admission queue (labhub.services.admission): its owner's group priority when it was launched
+    # (higher first), and when it was admitted (NULL while it waits: status queued and no handle)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    admitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     owner: Mapped[User] = relationship(lazy="joined")
 
@@ -110,6 +114,23 @@ class Instance(Base):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def awaits_admission(status: str, handle: Any) -> bool:
+    """Whether an instance waits in LabHub's admission queue (not yet handed to a backend); a
+    backend's own queue (a pending Slurm job) has a handle."""
+    return status == Status.QUEUED and handle is None
+
+
+class AdmissionLock(Base):
+    """One row, updated first by every admission decision: the decisions are serialised on every
+    database (SQLite's write lock, PostgreSQL's row lock), so counts and queue positions are exact
+    with many concurrent launches and several replicas."""
+
+    __tablename__ = "admission_lock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Event(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from labhub.models.base import Base, UTCDateTime, utcnow
@@ -39,6 +39,8 @@ class User(Base):
     # Set while the account is being deleted (its instances stop first): the admin who asked.
     # The reconciler finishes the deletion, on whichever replica, once nothing is active.
     deleting_by: Mapped[str | None] = mapped_column(String(63))
+    # this user's own limits (labhub.services.quotas.LIMITS), over their groups' and the site's; None: none set
+    quota: Mapped[dict | None] = mapped_column(JSON)
 
     @property
     def is_admin(self) -> bool:
@@ -46,7 +48,13 @@ class User(Base):
 
 
 class Group(Base):
-    """A set of users sharing template access (and, later, quotas)."""
+    """A set of users sharing template access, quotas and launch policy (docs/policies.md).
+
+    ``quota``: limits for each member (labhub.services.quotas.LIMITS); a member's own quota wins, and of
+    several groups the most generous value.  ``priority``: members' queued launches go before those of
+    lower priority.  ``self_service``: members may launch for themselves (else an admin launches for
+    them).  ``policy``: ``max_hours``, ``default_hours``, ``single_instance``, ``custom_size``.
+    """
 
     __tablename__ = "groups"
 
@@ -54,6 +62,9 @@ class Group(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     description: Mapped[str] = mapped_column(String(255), default="")
     quota: Mapped[dict | None] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    self_service: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    policy: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -45,12 +45,12 @@ from labhub import __version__
 from labhub.backends.base import Backend, BackendError, Handle, Observation, Phase
 from labhub.backends.local_isolation import group_name
 from labhub.catalog import Catalog
-from labhub.models import ACTIVE, TERMINAL, Instance, Kind, Replica, Status
+from labhub.models import ACTIVE, TERMINAL, Instance, Kind, Replica, Status, awaits_admission
 from labhub.proxy.routes import Route, RouteTable
 from labhub.reconcile import housekeeping, idle, jobs
 from labhub.reconcile.expiry import warn_expiring
 from labhub.reconcile.probe import http_status, listening
-from labhub.services import accounts, changes
+from labhub.services import accounts, admission, changes
 from labhub.services.errors import Conflict, Invalid, NotFound
 from labhub.services.folders import Folders
 from labhub.services.instances import build_spec, request_stop
@@ -276,7 +276,7 @@ class Reconciler:
         """Claim the instance and do what its status asks for (start it, stop it)."""
         status = await self._claim(instance_id)
         if status in STARTABLE:
-            await self._start(instance_id)
+            await self._start(instance_id)  # (one waiting for admission is left there)
         elif status == Status.STOPPING:
             await self._stop(instance_id)
 
@@ -296,8 +296,8 @@ class Reconciler:
         to_observe: dict[str, dict[str, Any]] = {}
         running = []
         for inst in rows:
-            if inst.id in self._tasks:
-                continue
+            if inst.id in self._tasks or awaits_admission(inst.status, inst.handle):
+                continue  # (a launch waiting for admission: its time starts when it is admitted)
             if inst.status != Status.STOPPING and inst.expires_at <= now:
                 await self._request_stop(inst.id, "expired")
                 continue
@@ -311,6 +311,7 @@ class Reconciler:
         for backend_name, group in to_observe.items():
             await self._observe_running(backend_name, group)
         await self._cull_idle(now, running)
+        await self.admit()
         await self.flush_activity()
         await warn_expiring(self.parts, self._tx, now)
         if self._ticks % ORPHAN_SCAN_EVERY == 1:
@@ -328,7 +329,7 @@ class Reconciler:
         parts, launch = self.parts, self.parts.launch
         async with self._tx() as session:
             inst = await session.get(Instance, instance_id)
-            if inst is None or inst.status not in STARTABLE:
+            if inst is None or inst.status not in STARTABLE or awaits_admission(inst.status, inst.handle):
                 return
             owner = inst.owner.name
             handle = inst.handle
@@ -774,7 +775,21 @@ class Reconciler:
             return await self._status(instance_id)
         if to not in (Status.RUNNING, Status.UNKNOWN):
             self.parts.routes.remove_instance(instance_id)
+        if to in TERMINAL or to == Status.SLEEPING:
+            await self.admit()  # a slot is free: the next in the queue starts now, not at the next pass
         return to
+
+    async def admit(self) -> None:
+        """Let through what fits of the admission queue, and start it."""
+        try:
+            async with self._tx() as session:
+                admitted = await admission.run(session, backends=self.parts.backends,
+                                               site=self.parts.settings.quota, now=self.parts.clock())
+        except StaleDataError:  # a queued instance was stopped meanwhile: the next pass decides again
+            self._wake.set()
+            return
+        for instance_id in admitted:
+            self.wake(instance_id)
 
     async def _release(self, backend: Backend, instance_id: str, handle: Handle) -> None:
         """The instance's main process ended: whatever it left behind (processes that escaped

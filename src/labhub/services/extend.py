@@ -1,11 +1,11 @@
 """Extending an instance: more time before it expires, within its template's maximum.
 
-An instance's duration is ``hours``, measured from ``created_at`` (``expires_at`` is
-``created_at + hours``: the launch sets both, an extension moves both).  Its template's
-``hours.max`` caps that total, launch and extensions together: an instance launched for
-4 h of a template's 24 h may be extended by 20 h more, in one step or several.  The
-creation, not the start, is the origin because that is what ``expires_at`` is counted
-from; time spent queued counts against the maximum.
+An instance's duration is ``hours``, measured from its admission (``admitted_at``, the moment the
+admission queue let it through; ``created_at`` for instances older than the queue): ``expires_at`` is
+that plus ``hours``; the launch (or admission) sets both, an extension moves both.  The maximum (its
+template's ``hours.max``, or its owner's group policy's ``max_hours``) caps that total, launch and
+extensions together: an instance launched for 4 h of a template's 24 h may be extended by 20 h more,
+in one step or several.  Time spent in the admission queue does not count; time spent starting does.
 
 Who may extend: the owner and admins (as anything else done to one instance).  What may
 be extended: an instance that has not ended and is not stopping.  On a backend that fixes
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.catalog import Catalog, Template
 from labhub.models import TERMINAL, AuditEvent, Instance, Status, User
+from labhub.services import policy, quotas
 from labhub.services.errors import Conflict, Invalid
 from labhub.services.instances import get_instance
 from labhub.services.lifecycle import note
@@ -48,9 +49,11 @@ class Room:
         return 0.0 if self.why_not else max(0.0, self.max_hours - self.hours)
 
 
-def room(instance: Instance, template: Template | None) -> Room:
-    """What :func:`extend` would allow for ``instance`` now (pure)."""
-    max_hours = template.hours.max if template is not None else instance.hours
+def room(instance: Instance, template: Template | None, max_hours: float | None = None) -> Room:
+    """What :func:`extend` would allow for ``instance`` now (pure); ``max_hours``: its owner's policy's maximum,
+    instead of the template's."""
+    if max_hours is None:
+        max_hours = template.hours.max if template is not None else instance.hours
     if instance.status not in EXTENDABLE:
         why = "it is stopping" if instance.status == Status.STOPPING else "it has ended"
     elif template is None:
@@ -78,6 +81,14 @@ def describe_room(r: Room, template_title: str) -> str:
     return f"at most {r.left:g} h more ({template_title} runs at most {r.max_hours:g} h in all; it has {r.hours:g} h)"
 
 
+async def max_hours_of(session: AsyncSession, instance: Instance, template: Template | None) -> float | None:
+    """The longest ``instance`` may run in all under its owner's group policy (None: the template's)."""
+    if template is None:
+        return None
+    groups = (await quotas.groups_of(session, [instance.owner_id]))[instance.owner_id]
+    return policy.of_groups(groups).hours(template.hours.default, template.hours.max)[1]
+
+
 async def extend(session: AsyncSession, *, user: User, catalog: Catalog, instance_id: str, hours: float,
                  now: dt.datetime) -> Instance:
     """Give ``instance_id`` ``hours`` more before it expires; the instance as it now is.
@@ -90,9 +101,10 @@ async def extend(session: AsyncSession, *, user: User, catalog: Catalog, instanc
     two extensions at once cannot together pass the maximum.
     """
     inst = await get_instance(session, user=user, instance_id=instance_id)
+    most = await max_hours_of(session, inst, catalog.get(inst.template))
     for _ in range(ATTEMPTS):
         tpl = catalog.get(inst.template)
-        r = room(inst, tpl)
+        r = room(inst, tpl, most)
         title = tpl.title if tpl is not None else inst.template
         if r.why_not:
             raise Conflict(f"{inst.name} {describe_room(r, title).removeprefix('it ')}", fields={"status": inst.status})
@@ -101,7 +113,7 @@ async def extend(session: AsyncSession, *, user: User, catalog: Catalog, instanc
         if hours > r.left + EPSILON:
             raise Invalid("beyond the maximum", fields={"hours": describe_room(r, title)})
         total = min(r.max_hours, inst.hours + hours)
-        expires = inst.created_at + dt.timedelta(hours=total)
+        expires = (inst.admitted_at or inst.created_at) + dt.timedelta(hours=total)
         done = await session.execute(
             update(Instance).where(Instance.id == inst.id, Instance.status == inst.status, Instance.hours == inst.hours)
             .values(hours=total, expires_at=expires, expiry_warned_at=None)

@@ -1,4 +1,4 @@
-"""Groups: sets of users sharing template access (and, later, quotas).
+"""Groups: sets of users sharing template access, quotas and launch policy.
 
 Admins create groups and add members; an OIDC provider's group claim can
 also add and remove memberships, marked with the provider as their
@@ -8,13 +8,16 @@ also add and remove memberships, marked with the provider as their
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.auth import audit
-from labhub.models import Group, Membership, User
+from labhub.models import Group, Instance, Membership, Status, User
+from labhub.services import policy as launch_policy
 from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
 from labhub.services.users import USERNAME_RE, require_user
 
@@ -165,3 +168,26 @@ async def sync_from_claim(session: AsyncSession, *, user: User, names: set[str],
         audit.record(session, actor=source, action="group.sync", target=user.name, added=sorted(added),
                      removed=sorted(removed))
     return added, removed
+
+
+async def set_policy(session: AsyncSession, *, actor: User, group: Group, priority: int | None,
+                     self_service: bool | None, policy: Mapping[str, Any], address: str = "") -> Group:
+    """Replace ``group``'s launch policy (``policy``: labhub.services.policy.PolicyValues), and its
+    priority and self-service where given (admins only; audited).  A new priority reorders its members'
+    queued launches (the highest of each owner's groups)."""
+    _require_admin(actor)
+    group.policy = launch_policy.parse(policy) or None
+    if self_service is not None:
+        group.self_service = self_service
+    if priority is not None and priority != group.priority:
+        group.priority = priority
+        await session.flush()
+        members = select(Membership.user_id).where(Membership.group_id == group.id)
+        best = (select(func.max(Group.priority)).join(Membership, Membership.group_id == Group.id)
+                .where(Membership.user_id == Instance.owner_id).scalar_subquery())
+        await session.execute(update(Instance).where(Instance.owner_id.in_(members), Instance.status == Status.QUEUED,
+                                                     Instance.handle.is_(None))
+                              .values(priority=func.coalesce(best, 0)).execution_options(synchronize_session=False))
+    audit.record(session, actor=actor, action="group.policy", target=group.name, address=address,
+                 policy=group.policy or {}, priority=group.priority, self_service=group.self_service)
+    return group

@@ -18,9 +18,10 @@ from labhub.backends.base import Backend, Capability, LaunchSpec, Resources
 from labhub.catalog import Catalog, Template
 from labhub.catalog.schema import NAME_RE
 from labhub.models import ACTIVE, TERMINAL, AuditEvent, Event, Folder, Instance, Kind, Status, User, utcnow
+from labhub.services import admission, policy, quotas
 from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
 from labhub.services.lifecycle import can_transition, note, record_event, transition
-from labhub.settings import Size
+from labhub.settings import QuotaSettings, Size
 
 NAME_RULE = "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-', without '--'"
 
@@ -97,26 +98,53 @@ async def launch(
     public: bool | None = None,
     min_replicas: int | None = None,
     replicas: int | None = None,
+    custom: Mapping[str, Any] | None = None,
+    quota: QuotaSettings | None = None,
+    actor: User | None = None,
     now: dt.datetime | None = None,
 ) -> Instance:
-    """Validate a launch request and record it as ``requested``.
+    """Validate a launch request and record it as ``requested``, or ``queued`` for admission.
 
     Every problem is reported at once, keyed by field; nothing is written
-    unless the whole request is valid.  The reconciler does the rest.
+    unless the whole request is valid.  A launch that can never start (over
+    the owner's quota, more than the backend has) is refused (``Invalid``);
+    one that does not fit yet waits in the admission queue
+    (:mod:`labhub.services.admission`).  ``size="custom"`` takes ``custom``
+    (``cpus``, ``memory_mb``, ``gpus``) where the template or the owner's
+    group policy allows it.  ``actor``: an admin launching for ``user``
+    (default: ``user`` itself, who then needs self-service).  The reconciler
+    does the rest.
     """
     errors: dict[str, str] = {}
+    actor = actor or user
+    if actor.id != user.id and not actor.is_admin:
+        raise Forbidden("only admins may launch for another user")
     tpl = catalog.get(template)
     if tpl is None or not template_allowed(tpl, user=user, groups=groups or set()):
         raise Invalid("unknown template", fields={"template": f"no template named {template!r}"})
+    member_of = (await quotas.groups_of(session, [user.id]))[user.id]
+    rules = policy.of_groups(member_of)
+    if actor.id == user.id and not user.is_admin and not rules.self_service:
+        raise Forbidden("self-service is off for your groups: an admin launches instances for you")
     if not NAME_RE.match(name or "") or "--" in name:
         errors["name"] = NAME_RULE  # '--' separates the instance from its owner in its origin's name
     size = size or tpl.default_size or next(iter(tpl.sizes or sizes))
     allowed_sizes = [s for s in (tpl.sizes or list(sizes)) if s in sizes]
-    if size not in allowed_sizes:
-        errors["size"] = f"must be one of: {', '.join(allowed_sizes)}"
-    hours = tpl.hours.default if hours is None else hours
-    if not (0 < hours <= tpl.hours.max):
-        errors["hours"] = f"must be more than 0 and at most {tpl.hours.max:g}"
+    limit = custom_limit(tpl, rules, sizes)
+    preset = None
+    if size == CUSTOM and limit is not None:
+        preset, custom_errors = custom_size(custom or {}, limit)
+        errors.update(custom_errors)
+    elif size == CUSTOM:
+        errors["size"] = f"this template takes no custom size; choose one of: {', '.join(allowed_sizes)}"
+    elif size not in allowed_sizes:
+        errors["size"] = f"must be one of: {', '.join(allowed_sizes + ([CUSTOM] if limit else []))}"
+    elif custom:
+        errors["custom"] = 'only with size "custom"'
+    default_hours, max_hours = rules.hours(tpl.hours.default, tpl.hours.max)
+    hours = default_hours if hours is None else hours
+    if not (0 < hours <= max_hours):
+        errors["hours"] = f"must be more than 0 and at most {max_hours:g}"
     values, param_errors = tpl.check_params(params or {})
     errors.update({f"params.{k}": v for k, v in param_errors.items()})
     backend_name, reason = resolve_backend(tpl, backend, backends)
@@ -136,9 +164,11 @@ async def launch(
                               else "only services have replicas")
     if errors:
         raise Invalid("invalid launch request", fields=errors)
+    if rules.single_instance or tpl.single_instance:
+        await _only_one(session, user=user, template=tpl)
 
     assert backend_name is not None
-    preset = sizes[size]
+    preset = preset or sizes[size]
     count = replicas or 1  # each replica has the size: the instance holds their sum
     now = now or utcnow()
     instance = Instance(
@@ -162,6 +192,7 @@ async def launch(
         status=Status.REQUESTED,
         created_at=now,
         expires_at=now + dt.timedelta(hours=hours),
+        priority=rules.priority,
     )
     instance.owner = user
     spec = build_spec(instance, tpl, owner=user.name, token="-", home=None, base_url="/",  # noqa: S106
@@ -173,17 +204,91 @@ async def launch(
     )
     if existing.first() is not None:
         raise Conflict("name already in use", fields={"name": f"you already have an instance named {name!r}"})
+    site = quota or QuotaSettings()
+    await admission.lock(session)  # until commit: this launch's decision sees every earlier one's
+    seen = await admission.situation(session, backends=backends, site=site, now=now, owners=[user.id])
+    if never := admission.refusal(admission.ask_of(instance), limits=seen.limits[user.id], usage=seen.usage[user.id],
+                                  capacity=backends[backend_name].capacity(), hours=hours, period=site.period):
+        raise Invalid("this launch can never start", fields=never)
     session.add(instance)
     try:
         await session.flush()
     except IntegrityError as exc:  # a concurrent launch with the same name won the race
         raise Conflict("name already in use", fields={"name": f"you already have an instance named {name!r}"}) from exc
     each = f" x {count} replicas" if count > 1 else ""
-    transition_msg = f"{tpl.title} requested: size {size}{each}, {hours:g} h, on {backend_name}"
+    what = f"custom size ({_describe_size(preset)})" if size == CUSTOM else f"size {size}"
+    by = f" by admin {actor.name}" if actor.id != user.id else ""
+    transition_msg = f"{tpl.title} requested{by}: {what}{each}, {hours:g} h, on {backend_name}"
     event = Event(instance_id=instance.id, at=now, status=Status.REQUESTED, reason="requested", message=transition_msg)
     session.add(event)
     record_event(session, event, owner_id=user.id)
+    admission.decide(session, seen, now=now, new=instance)
+    if actor.id != user.id:
+        session.add(AuditEvent(actor=actor.name, action="instance.launch_for", target=f"{user.name}/{name}",
+                               detail={"instance": instance.id, "template": tpl.name}))
     return instance
+
+
+CUSTOM = "custom"
+
+
+def custom_limit(tpl: Template, rules: policy.Policy, sizes: Mapping[str, Size]) -> policy.CustomMax | None:
+    """The largest custom size a launch of ``tpl`` may ask for, or None when it offers none: the owner's
+    group policy's, else (a template with ``custom_size: true``) the largest preset's in each dimension."""
+    if rules.custom_size is not None:
+        return rules.custom_size
+    if not tpl.custom_size or not sizes:
+        return None
+    presets = list(sizes.values())
+    return policy.CustomMax(cpus=max(s.cpus for s in presets), memory_mb=max(s.memory_mb for s in presets),
+                            gpus=max(s.gpus for s in presets))
+
+
+def custom_size(given: Mapping[str, Any], limit: policy.CustomMax) -> tuple[Size | None, dict[str, str]]:
+    """A custom size within ``limit``, or field errors (``custom.cpus``, ...) (pure)."""
+    errors = {}
+    values: dict[str, Any] = {}
+    for key, kind, low in (("cpus", float, 0.1), ("memory_mb", int, 64), ("gpus", int, 0)):
+        value = given.get(key, 0 if key == "gpus" else None)
+        most = getattr(limit, key)
+        if value is None:
+            errors[f"custom.{key}"] = "required"
+        elif isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+            errors[f"custom.{key}"] = "must be a whole number" if kind is int else "must be a number"
+        elif not low <= value <= most:
+            errors[f"custom.{key}"] = f"must be {low:g} to {most:g}"
+        else:
+            values[key] = kind(value)
+    errors.update({f"custom.{k}": "unknown field" for k in given if k not in ("cpus", "memory_mb", "gpus")})
+    if errors:
+        return None, errors
+    return Size(cpus=values["cpus"], memory_mb=values["memory_mb"], gpus=values["gpus"],
+                description=_describe_size_values(values)), {}
+
+
+def size_of(instance: Instance) -> dict[str, Any]:
+    """The custom size one replica of ``instance`` has (what a relaunch asks for again)."""
+    count = instance.replicas or 1
+    return {"cpus": instance.cpus / count, "memory_mb": instance.memory_mb // count, "gpus": instance.gpus // count}
+
+
+def _describe_size_values(values: Mapping[str, Any]) -> str:
+    gpus = f", {values['gpus']} GPU{'s' if values['gpus'] != 1 else ''}" if values["gpus"] else ""
+    return f"{values['cpus']:g} CPU{'s' if values['cpus'] != 1 else ''}, {values['memory_mb']} MB{gpus}"
+
+
+def _describe_size(size: Size) -> str:
+    return _describe_size_values({"cpus": size.cpus, "memory_mb": size.memory_mb, "gpus": size.gpus})
+
+
+async def _only_one(session: AsyncSession, *, user: User, template: Template) -> None:
+    """Single-instance mode: a second active instance of ``template`` is refused, naming the first."""
+    first = (await session.execute(
+        select(Instance.name).where(Instance.owner_id == user.id, Instance.template == template.name,
+                                    Instance.status.in_([s.value for s in ACTIVE])).limit(1))).scalar()
+    if first is not None:
+        raise Conflict(f"you already have {template.title} running as {first!r}: open it instead",
+                       fields={"template": f"one at a time: open {first!r} (at /user/{user.name}/{first}/)"})
 
 
 def _service_fields(tpl: Template | None, public: bool | None, min_replicas: int | None) -> dict[str, str]:

@@ -164,7 +164,8 @@ async def deploy(instance_id: str, request: Request, user: PageUser, session: Se
                               deploy_fields={"replicas": replicas_error})
     try:
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
-                                backends=hub.backends, template=MODEL_SERVICE, name=form["name"],
+                                quota=hub.settings.quota, backends=hub.backends, template=MODEL_SERVICE,
+                                name=form["name"],
                                 size=form["size"] or None, params={"model": f"{job.name}/{form['model']}"},
                                 public=form["public"], min_replicas=0 if form["sleep"] else 1, replicas=replicas,
                                 groups=member_of, now=hub.clock())

@@ -198,7 +198,8 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
                                 error="Some fields need a change.")
     try:
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
-                                backends=hub.backends, template=tpl.name, name=name, size=raw.get("size") or None,
+                                quota=hub.settings.quota, backends=hub.backends, template=tpl.name, name=name,
+                                size=raw.get("size") or None,
                                 hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock(),
                                 groups=member_of, input=(raw.get("input") or None) if tpl.input != "none" else None,
                                 public=form["public"] if service else None,
@@ -233,9 +234,11 @@ async def retry(instance_id: str, request: Request, user: PageUser, session: Ses
                                 else "/launch", status_code=303)
     try:
         inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
-                                backends=hub.backends, template=old.template, name=old.name, size=old.size,
+                                quota=hub.settings.quota, backends=hub.backends, template=old.template, name=old.name,
+                                size=old.size,
                                 hours=old.hours, params=dict(old.params or {}), backend=old.backend, now=hub.clock(),
                                 groups=await groups.names_of(session, user), input=old.input_folder,
+                                custom=svc.size_of(old) if old.size == svc.CUSTOM else None,
                                 **({"public": bool(old.public), "min_replicas": old.min_replicas,
                                     "replicas": old.replicas} if old.kind == Kind.SERVICE else {}))
     except ServiceError:  # the name is taken again, or the template changed: let the user choose
