@@ -146,6 +146,12 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/groups/{group}"): ADMIN,
     ("PUT", "/api/v1/groups/{group}/members/{name}"): ADMIN,
     ("DELETE", "/api/v1/groups/{group}/members/{name}"): ADMIN,
+    # quotas and launch policy
+    ("GET", "/api/v1/users/{name}/quota"): OWNER,
+    ("PUT", "/api/v1/users/{name}/quota"): ADMIN,
+    ("GET", "/api/v1/groups/{group}/quota"): rule("user", "admin", other=(404,)),  # members and admins
+    ("PUT", "/api/v1/groups/{group}/quota"): ADMIN,
+    ("PUT", "/api/v1/groups/{group}/policy"): ADMIN,
     # log in and out, first admin, sign-up, OIDC, approvals
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): rule(*ROLES, ok=(401,), pending_gated=False),  # wrong credentials for everyone
@@ -216,6 +222,9 @@ JSON_BODIES = {
     ("POST", "/api/v1/users/{name}/tokens"): {"note": "matrix"},
     ("POST", "/api/v1/groups"): {"name": "g{n}"},
     ("PATCH", "/api/v1/groups/{group}"): {"description": "matrix"},
+    ("PUT", "/api/v1/users/{name}/quota"): {"instances": 100},
+    ("PUT", "/api/v1/groups/{group}/quota"): {"instances": 100},
+    ("PUT", "/api/v1/groups/{group}/policy"): {"priority": 1},
 }
 RAW_BODIES = {("POST", "/api/v1/folders/{name}/upload"): ("filename=b.txt", b"matrix")}
 FORM_BODIES = {

@@ -146,7 +146,7 @@ async def test_group_quota_priority_and_hour_limits(hub):
     put = await admin.http.put("/api/v1/groups/vip/quota", json={"gpus": 2, "gpu_hours": 3})
     assert put.status_code == 200
     assert (await bob.http.get("/api/v1/users/bob/quota")).json()["source"]["gpus"] == "group:vip"
-    assert (await alice.http.get("/api/v1/groups/vip/quota")).status_code == 403  # not a member
+    assert (await alice.http.get("/api/v1/groups/vip/quota")).status_code == 404  # not a member: not told it exists
 
     too_long = await launch(bob, "long", "gpu", hours=4)  # 4 GPU-hours of 3
     assert too_long.status_code == 422

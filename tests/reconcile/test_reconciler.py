@@ -168,6 +168,20 @@ async def test_idle_instances_are_culled(world):
     assert inst.last_activity_at is not None
 
 
+async def test_the_sites_idle_minimum_overrides_a_shorter_template_timeout(world):
+    hub, _, clock = world
+    hub.settings.idle_min_hours = 3  # the admin's floor; the template says 2 h
+    iid = await launch(hub)
+    await step(hub)
+    hub.routes.get("alice", "ws1").last_activity = clock.now.timestamp()
+    clock.advance(hours=2, minutes=30)
+    await step(hub)
+    assert (await state(hub, iid))[0].status == "running"
+    clock.advance(minutes=31)
+    await step(hub)
+    assert (await state(hub, iid))[0].reason == "idle"
+
+
 async def test_a_workspace_that_exits_on_its_own(world):
     hub, fake, _ = world
     iid = await launch(hub)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from labhub.api.deps import AddressDep, AdminUser, HubDep, ReadUser, SessionDep
 from labhub.api.schemas import SIGNED_IN, RequestBody, Text, errors
 from labhub.services import groups, policy, quotas, users
-from labhub.services.errors import Forbidden
+from labhub.services.errors import Forbidden, NotFound
 from labhub.services.quotas import QuotaValues
 
 router = APIRouter(tags=["quotas"], responses=SIGNED_IN)
@@ -86,37 +86,36 @@ def _group_out(group: Any) -> GroupQuota:
                       self_service=group.self_service, policy=group.policy or {})
 
 
-@router.get("/groups/{name}/quota", response_model=GroupQuota, summary="A group's limits and policy (admins, members)",
+@router.get("/groups/{group}/quota", response_model=GroupQuota, summary="A group's limits and policy (admins, members)",
             responses=errors(404))
-async def group_quota(name: Text, caller: ReadUser, session: SessionDep) -> GroupQuota:
-    group = await groups.get_group(session, name=name)
-    if not caller.is_admin and name not in await groups.names_of(session, caller):
-        raise Forbidden("only admins and members may see a group's quota")
-    return _group_out(group)
+async def group_quota(group: Text, caller: ReadUser, session: SessionDep) -> GroupQuota:
+    if not caller.is_admin and group not in await groups.names_of(session, caller):
+        raise NotFound(f"no group named {group!r}")  # as for the group itself: others do not learn it exists
+    return _group_out(await groups.get_group(session, name=group))
 
 
-@router.put("/groups/{name}/quota", response_model=QuotaSet, summary="Replace a group's limits for its members (admins)",
+@router.put("/groups/{group}/quota", response_model=QuotaSet, summary="Replace a group's limits for its members (admins)",
             responses=errors(404, 422))
-async def set_group_quota(name: Text, body: QuotaIn, actor: AdminUser, session: SessionDep, hub: HubDep,
+async def set_group_quota(group: Text, body: QuotaIn, actor: AdminUser, session: SessionDep, hub: HubDep,
                           address: AddressDep) -> QuotaSet:
-    group = await groups.get_group(session, name=name)
-    over = await quotas.set_group_quota(session, actor=actor, group=group, given=body.model_dump(exclude_none=True),
+    row = await groups.get_group(session, name=group)
+    over = await quotas.set_group_quota(session, actor=actor, group=row, given=body.model_dump(exclude_none=True),
                                         site=hub.settings.quota, now=hub.clock(), address=address)
     await session.commit()
     hub.reconciler.wake_all()
-    return QuotaSet(quota=group.quota or {}, over=over)
+    return QuotaSet(quota=row.quota or {}, over=over)
 
 
-@router.put("/groups/{name}/policy", response_model=GroupQuota,
+@router.put("/groups/{group}/policy", response_model=GroupQuota,
             summary="Set a group's launch policy (admins): priority, self-service, durations, single instance, "
                     "custom sizes", responses=errors(404, 422))
-async def set_group_policy(name: Text, body: PolicyIn, actor: AdminUser, session: SessionDep, hub: HubDep,
+async def set_group_policy(group: Text, body: PolicyIn, actor: AdminUser, session: SessionDep, hub: HubDep,
                            address: AddressDep) -> GroupQuota:
-    group = await groups.get_group(session, name=name)
-    await groups.set_policy(session, actor=actor, group=group, priority=body.priority,
+    row = await groups.get_group(session, name=group)
+    await groups.set_policy(session, actor=actor, group=row, priority=body.priority,
                             self_service=body.self_service,
                             policy=body.model_dump(exclude_none=True, exclude={"priority", "self_service"}),
                             address=address)
     await session.commit()
     hub.reconciler.wake_all()  # a new priority reorders the queue
-    return _group_out(group)
+    return _group_out(row)

@@ -69,6 +69,7 @@ DELETION_SCAN_EVERY = 12  # ticks; sooner when a deletion is asked for or an ins
 LISTEN_POLL_S = 0.02  # how often a started instance is looked at until it listens
 RECHECK_S = 0.5  # a start watcher re-reads its instance at least this often
 REPLICA_FORGOTTEN = dt.timedelta(days=1)
+ADMISSION = "~admission"  # the key of the admission decision's task among the per-instance ones
 
 # What a pass needs of each active instance: columns, not ORM objects (thousands per pass).
 PASS_COLUMNS = (Instance.id, Instance.status, Instance.backend, Instance.handle, Instance.expires_at, Instance.kind,
@@ -118,6 +119,7 @@ class Reconciler:
         self._recheck: set[str] = set()  # instances with work in flight that changed meanwhile
         self._naps: dict[str, asyncio.Event] = {}  # start watchers waiting; a change wakes them
         self._deletions_due = True
+        self._admit_again = False
 
     # -- running ---------------------------------------------------------------
     def start(self) -> None:
@@ -311,7 +313,7 @@ class Reconciler:
         for backend_name, group in to_observe.items():
             await self._observe_running(backend_name, group)
         await self._cull_idle(now, running)
-        await self.admit()
+        self.admit_soon()
         await self.flush_activity()
         await warn_expiring(self.parts, self._tx, now)
         if self._ticks % ORPHAN_SCAN_EVERY == 1:
@@ -674,8 +676,9 @@ class Reconciler:
                 continue
             if template.service is not None and inst.min_replicas == 0:
                 candidates.append((inst, template.service.idle_s, "scale_to_zero"))
-            elif template.idle_timeout_hours is not None:
-                candidates.append((inst, template.idle_timeout_hours * 3600, "idle"))
+            elif template.idle_timeout_hours is not None:  # never sooner than the site's locked minimum
+                hours = max(template.idle_timeout_hours, self.parts.settings.idle_min_hours)
+                candidates.append((inst, hours * 3600, "idle"))
         if not candidates:
             return
         local = {r.instance_id: r.last_activity for r in self.parts.routes.all()}
@@ -776,8 +779,23 @@ class Reconciler:
         if to not in (Status.RUNNING, Status.UNKNOWN):
             self.parts.routes.remove_instance(instance_id)
         if to in TERMINAL or to == Status.SLEEPING:
-            await self.admit()  # a slot is free: the next in the queue starts now, not at the next pass
+            self.admit_soon()  # a slot is free: the next in the queue starts now, not at the next pass
         return to
+
+    def admit_soon(self) -> None:
+        """An admission decision now, in a task of its own: one at a time on this replica, and one more
+        after it when asked for meanwhile (a burst of ended instances costs two decisions, not one each)."""
+        if ADMISSION in self._tasks:
+            self._admit_again = True
+            return
+
+        async def decide() -> None:
+            self._admit_again = True
+            while self._admit_again:
+                self._admit_again = False
+                await self.admit()
+
+        self._spawn(ADMISSION, decide())
 
     async def admit(self) -> None:
         """Let through what fits of the admission queue, and start it."""
