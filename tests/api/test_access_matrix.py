@@ -152,6 +152,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/groups/{group}/quota"): rule("user", "admin", other=(404,)),  # members and admins
     ("PUT", "/api/v1/groups/{group}/quota"): ADMIN,
     ("PUT", "/api/v1/groups/{group}/policy"): ADMIN,
+    ("POST", "/api/v1/instances/{instance_id}/restart"): rule("user", "admin", other=(403, 404), ok=(409, 422)),
     # log in and out, first admin, sign-up, OIDC, approvals
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): rule(*ROLES, ok=(401,), pending_gated=False),  # wrong credentials for everyone
@@ -225,6 +226,7 @@ JSON_BODIES = {
     ("PUT", "/api/v1/users/{name}/quota"): {"instances": 100},
     ("PUT", "/api/v1/groups/{group}/quota"): {"instances": 100},
     ("PUT", "/api/v1/groups/{group}/policy"): {"priority": 1},
+    ("POST", "/api/v1/instances/{instance_id}/restart"): {"size": "no-such-size"},
 }
 RAW_BODIES = {("POST", "/api/v1/folders/{name}/upload"): ("filename=b.txt", b"matrix")}
 FORM_BODIES = {

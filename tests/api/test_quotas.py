@@ -206,3 +206,22 @@ async def test_self_service_admin_launches_single_instance_custom_sizes_and_dura
         launched_for = (await session.execute(select(AuditEvent.target)
                                               .where(AuditEvent.action == "instance.launch_for"))).scalars().all()
     assert launched_for == ["alice/for-alice"]
+
+
+async def test_restart_with_a_new_size_replaces_the_instance_under_the_same_name(hub):
+    alice, bob = await hub.user("alice"), await hub.user("bob")
+    old = (await launch(alice, "ws", "small")).json()
+    await hub.wait_status(alice, old["id"], {"running"})
+    assert (await bob.http.post(f"/api/v1/instances/{old['id']}/restart", json={"size": "gpu"})).status_code == 403
+    bad = await alice.http.post(f"/api/v1/instances/{old['id']}/restart", json={"size": "huge"})
+    assert bad.status_code == 422 and "size" in bad.json()["fields"]
+    assert (await hub.wait_status(alice, old["id"], {"running"}))["name"] == "ws"  # a refusal changes nothing
+
+    new = await alice.http.post(f"/api/v1/instances/{old['id']}/restart", json={"size": "gpu"})
+    assert new.status_code == 201, new.text
+    assert new.json()["name"] == "ws" and new.json()["resources"]["gpus"] == 1 and new.json()["id"] != old["id"]
+    stopped = await hub.wait_status(alice, old["id"], {"stopped"})
+    assert stopped["reason"] == "restart" and new.json()["id"] in stopped["message"]
+    await hub.wait_status(alice, new.json()["id"], {"running"})
+    again = await alice.http.post(f"/api/v1/instances/{old['id']}/restart", json={"size": "small"})
+    assert again.status_code == 409  # the old one has ended

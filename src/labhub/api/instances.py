@@ -21,6 +21,7 @@ from labhub.api.schemas import (
     EventOut,
     InstanceOut,
     LaunchRequest,
+    Resize,
     ServiceChange,
     Text,
     error,
@@ -171,6 +172,19 @@ async def change_instance(instance_id: Text, body: ServiceChange, user: Instance
     await session.commit()
     await hub.refresh_routes({inst.id})  # this replica's proxy at once (the others follow the change's notice)
     return InstanceOut.of(inst, url=hub.instance_url(inst))
+
+
+@router.post("/{instance_id}/restart", status_code=201, response_model=InstanceOut,
+             summary="Restart with a new size: stops it and launches it again, same name and options",
+             responses={**ONE, **errors(409, 422)})
+async def restart(instance_id: Text, body: Resize, user: InstancesUser, session: SessionDep,
+                  hub: HubDep) -> InstanceOut:
+    inst = await svc.restart_resized(session, user=user, instance_id=instance_id, size=body.size,
+                                     custom=body.custom.model_dump() if body.custom else None, catalog=hub.catalog,
+                                     sizes=hub.settings.sizes, backends=hub.backends, quota=hub.settings.quota,
+                                     now=hub.clock())
+    await session.commit()
+    return await _out(hub, inst)
 
 
 @router.delete("/{instance_id}", status_code=202, response_model=InstanceOut, summary="Stop an instance",

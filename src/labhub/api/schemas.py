@@ -141,6 +141,13 @@ class LaunchRequest(RequestBody):
                                                                         "theirs, counted against their quota)")
 
 
+class Resize(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"size": "medium"}]})
+
+    size: str = Field(min_length=1, max_length=63, description='a preset, or "custom" with `custom`')
+    custom: CustomSize | None = None
+
+
 class ServiceChange(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"public": True}, {"min_replicas": 0}]})
 

@@ -648,6 +648,8 @@ class Reconciler:
             why, f"stopped ({why})")
         if why == "idle" and asked.startswith("stopped: idle"):
             message = asked  # what decided it (no traffic, no busy kernel)
+        elif why == "restart":
+            message = f"stopped: {asked}"  # where it went
         values = {"handle": None, "upstream": None} if final == Status.SLEEPING else None
         if await self._apply(instance_id, final, why or "stopped", message, values=values) == Status.SLEEPING:
             await self._route_again(instance_id)

@@ -429,3 +429,31 @@ async def stop(tx: Callable[[], AbstractAsyncContextManager[AsyncSession]], *, u
             continue
         return instance
     raise Conflict("the instance keeps changing; try again")
+
+
+async def restart_resized(session: AsyncSession, *, user: User, instance_id: str, size: str,
+                          custom: Mapping[str, Any] | None, catalog: Catalog, sizes: Mapping[str, Size],
+                          backends: Mapping[str, Backend], quota: QuotaSettings, now: dt.datetime) -> Instance:
+    """"Restart with a new size": no backend changes a running instance's size in place, so the instance
+    is stopped and launched again as a new instance with the same name, template, parameters and
+    options and the new size (through the admission queue: until the old one has stopped, it still
+    counts).  Its owner or an admin; the new instance (the old one's events say where it went).
+
+    Raises NotFound/Forbidden like :func:`get_instance`, Conflict (409) when it is stopping or has
+    ended, Invalid (422) for a size the template or the owner's quota does not allow."""
+    old = await get_instance(session, user=user, instance_id=instance_id)
+    if old.status == Status.STOPPING or old.status in TERMINAL:
+        raise Conflict("it is stopping or has ended: launch it again instead", fields={"status": old.status})
+    owner = old.owner
+    names = {g.name for g in (await quotas.groups_of(session, [owner.id]))[owner.id]}
+    old.active_name = None  # the name passes to the new instance (unique among active ones)
+    await session.flush()
+    service = old.kind == Kind.SERVICE
+    new = await launch(session, user=owner, actor=user, catalog=catalog, sizes=sizes, backends=backends,
+                       template=old.template, name=old.name, size=size, hours=old.hours, params=dict(old.params or {}),
+                       backend=old.backend, groups=names, input=old.input_folder, custom=custom, quota=quota, now=now,
+                       public=bool(old.public) if service else None, min_replicas=old.min_replicas if service else None,
+                       replicas=old.replicas if service else None)
+    request_stop(session, old, actor=None, reason="restart",
+                 why=f"restarted with size {size} as a new instance ({new.id})")
+    return new
