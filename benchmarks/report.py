@@ -85,6 +85,8 @@ CHECKS: dict[str, Callable[[dict], bool | None]] = {
     "service_infer_throughput": _ratio_ge(0.8),
     "service_infer_added_latency_p50": _le("labhub", 0.3),
     "service_cold_start": _le("ratio", 1.2),
+    "admission_freed_slot_start_s": _le("labhub", 1.0),
+    "admission_decision_us": _le("labhub", 5000.0),
 }
 ORDER = list(CHECKS)
 

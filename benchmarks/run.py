@@ -1,7 +1,7 @@
 """LabHub against JupyterHub + configurable-http-proxy, side by side on this machine.
 
 usage: python benchmarks/run.py [--quick] [--only GROUP,...] [--out DIR] [--no-peers]
-groups: launch, proxy, hub, api, replicas, jobs, services   (default: all; replicas needs PostgreSQL for its
+groups: launch, proxy, hub, api, replicas, jobs, services, admission   (default: all; replicas needs PostgreSQL for its
         takeover figure, services the serve runtime: built under $BENCH_RUNTIMES if missing)
 
 Writes DIR/latest.json and DIR/latest.md (DIR defaults to benchmarks/results) and
@@ -61,9 +61,10 @@ from lib import (  # noqa: E402
 from replicas import replicas_figures  # noqa: E402
 from report import CHECKS, ORDER, fmt, machine_facts, markdown, miss_note, update_readme  # noqa: E402
 from services import services_figures  # noqa: E402
+from admission import admission_figures  # noqa: E402
 
 MEM_SETTLE_S = 3.0  # after readiness, before reading a workspace's memory
-GROUPS = ("launch", "proxy", "hub", "api", "replicas", "jobs", "services")
+GROUPS = ("launch", "proxy", "hub", "api", "replicas", "jobs", "services", "admission")
 
 
 class Config:
@@ -688,7 +689,8 @@ async def main() -> int:
     try:
         for group, run in (("proxy", proxy_figures), ("hub", hub_figures), ("api", api_figures),
                            ("launch", launch_figures), ("replicas", replicas_figures),
-                           ("jobs", jobs_figures), ("services", services_figures)):
+                           ("jobs", jobs_figures), ("services", services_figures),
+                           ("admission", admission_figures)):
             if group in groups:
                 g0 = time.perf_counter()
                 figures += await run(cfg, work, peers)

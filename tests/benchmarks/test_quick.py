@@ -29,7 +29,9 @@ NO_PEER = {"takeover_100", "scale_5000_tick_p50", "scale_5000_tick_max", "scale_
 JOBS = {"upload_extract_ratio", "upload_rss_growth_mib", "job_start_overhead_local_s", "job_start_overhead_slurm_s"}
 # the services group: no peer (JupyterHub serves no models); it needs the serve runtime (built if missing)
 SERVICES = {"service_infer_throughput", "service_infer_added_latency_p50", "service_cold_start"}
-NO_PEER = NO_PEER | JOBS | SERVICES
+# the admission group: no peer (JupyterHub refuses a launch over its limit; it has no queue)
+ADMISSION = {"admission_freed_slot_start_s", "admission_decision_us"}
+NO_PEER = NO_PEER | JOBS | SERVICES | ADMISSION
 FIGURES = FIGURES | NO_PEER | {"api_cpu_health", "api_cpu_me", "api_cpu_instances", "api_cpu_templates"}
 NEEDS = {"takeover_100": "PostgreSQL unavailable", "job_start_overhead_slurm_s": "Slurm unavailable",
          **dict.fromkeys(SERVICES, "serve runtime unavailable")}
@@ -37,7 +39,7 @@ KEYS = {"name", "unit", "labhub", "peer", "baseline", "ratio", "target", "meets"
 WITH_BASELINE = {"launch_single", "launch_concurrent", "memory_per_workspace", "proxy_throughput",
                  "proxy_added_latency_p50", "proxy_latency_p99", "proxy_cpu_per_request", "ws_echo_rtt_p50",
                  "ws_handshake", "upload_extract_ratio", "job_start_overhead_local_s", "job_start_overhead_slurm_s",
-                 *SERVICES}
+                 *SERVICES, *ADMISSION}
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")

@@ -18,12 +18,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from labhub.backends.base import Backend, Capacity
-from labhub.models import ACTIVE, AdmissionLock, Instance, Status, User, awaits_admission
+from labhub.models import ACTIVE, AdmissionLock, Group, Instance, Membership, Status, User, awaits_admission
 from labhub.services import quotas
 from labhub.services.lifecycle import note, transition
 from labhub.services.quotas import Limits, Usage
@@ -176,37 +177,53 @@ def ask_of(instance: Instance) -> Ask:
 
 @dataclass(slots=True)
 class Situation:
-    """What a decision looks at: the queue (in order), usage and limits of their owners, what is free."""
+    """What a decision looks at: the queue (in order) with each one's current message, usage and limits
+    of their owners, what is free per backend."""
 
-    queued: list[Instance]
+    queued: list[Ask]
+    messages: dict[str, str]
     usage: dict[int, Usage]
     limits: dict[int, Limits]
     free: dict[str, Free]
 
 
+QUEUE_COLUMNS = (Instance.id, Instance.owner_id, Instance.name, Instance.backend, Instance.cpus, Instance.memory_mb,
+                 Instance.gpus, Instance.priority, Instance.created_at, Instance.message)
+
+
 async def situation(session: AsyncSession, *, backends: Mapping[str, Backend], site: QuotaSettings,
                     now: dt.datetime, owners: Iterable[int] = ()) -> Situation:
-    """Read the queue and what its owners (and ``owners``) hold, under :func:`lock`."""
-    queued = list((await session.execute(
-        select(Instance).where(Instance.status == Status.QUEUED, Instance.handle.is_(None))
-        .order_by(Instance.priority.desc(), Instance.created_at, Instance.id).limit(MAX_CONSIDERED))).scalars())
-    owners = {i.owner_id for i in queued} | set(owners)
-    users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(owners)))).scalars()}
-    groups = await quotas.groups_of(session, owners)
-    limits = {o: quotas.limits_of(site, users[o], groups[o]) for o in owners if o in users}
+    """Read the queue and what its owners (and ``owners``) hold, under :func:`lock` (columns, not ORM
+    objects: a decision reads the whole queue and changes few of its rows)."""
+    rows = (await session.execute(
+        select(*QUEUE_COLUMNS).where(Instance.status == Status.QUEUED, Instance.handle.is_(None))
+        .order_by(Instance.priority.desc(), Instance.created_at, Instance.id).limit(MAX_CONSIDERED))).all()
+    queued = [Ask(*row[:9]) for row in rows]
+    messages = {row[0]: row[9] for row in rows}
+    owners = {a.owner_id for a in queued} | set(owners)
+    own: dict[int, Any] = {}
+    groups: dict[int, list[tuple[str, Any]]] = {}
+    found = await session.execute(  # each owner's quota and their groups' (one query)
+        select(User.id, User.quota, Group.name, Group.quota).outerjoin(Membership, Membership.user_id == User.id)
+        .outerjoin(Group, Group.id == Membership.group_id).where(User.id.in_(owners)).order_by(Group.name))
+    for user_id, quota, group, group_quota in found:
+        own[user_id] = quota
+        if group is not None:
+            groups.setdefault(user_id, []).append((group, group_quota))
+    limits = {o: quotas.effective(site, own[o], groups.get(o, [])) for o in owners if o in own}
     usage = await quotas.usage_of(session, owners, now=now, period=site.period,
                                   hours=any(lim.counts_hours for lim in limits.values()))
     held: dict[str, Usage] = {}
     limited = [name for name, b in backends.items() if b.capacity() != Capacity()]
     if limited:
-        rows = await session.execute(
+        found = await session.execute(
             select(Instance.backend, Instance.status, Instance.handle, Instance.cpus, Instance.memory_mb,
                    Instance.gpus).where(Instance.backend.in_(limited), Instance.status.in_(ACTIVE_VALUES)))
-        for backend, status, handle, cpus, memory_mb, gpus in rows:
+        for backend, status, handle, cpus, memory_mb, gpus in found:
             if not awaits_admission(status, handle) and quotas.holds(status):
                 held.setdefault(backend, Usage()).hold(cpus, memory_mb, gpus)
     free = {name: Free.of(b.capacity(), held.get(name)) for name, b in backends.items()}
-    return Situation(queued=queued, usage=usage, limits=limits, free=free)
+    return Situation(queued=queued, messages=messages, usage=usage, limits=limits, free=free)
 
 
 async def run(session: AsyncSession, *, backends: Mapping[str, Backend], site: QuotaSettings,
@@ -216,33 +233,38 @@ async def run(session: AsyncSession, *, backends: Mapping[str, Backend], site: Q
                                                         Instance.handle.is_(None)).limit(1))).first() is None:
         return []  # nothing waits: no lock, no write
     await lock(session)
-    return decide(session, await situation(session, backends=backends, site=site, now=now), now=now)
+    return await decide(session, await situation(session, backends=backends, site=site, now=now), now=now)
 
 
-def decide(session: AsyncSession, seen: Situation, *, now: dt.datetime, new: Instance | None = None) -> list[str]:
+async def decide(session: AsyncSession, seen: Situation, *, now: dt.datetime, new: Instance | None = None
+                 ) -> list[str]:
     """Apply :func:`plan` to the queue ``seen`` (read under :func:`lock`) and ``new``, a launch being
     recorded as ``requested`` (not counted in ``seen``).
 
     Admitted queued instances go back to ``requested`` (their duration counts from now); ``new``
     stays ``requested`` when it fits, else it is queued; a waiting instance whose reason changed
     gets the new one.  Returns the ids admitted (``new``'s included)."""
-    by_id = {i.id: i for i in seen.queued}
-    if new is not None:
-        by_id[new.id] = new
-    verdicts = plan([ask_of(i) for i in by_id.values()], usage=seen.usage, limits=seen.limits, free=seen.free)
+    asks = list(seen.queued) + ([ask_of(new)] if new is not None else [])
     admitted = []
-    for verdict in verdicts:
-        instance = by_id[verdict.id]
+    for verdict in plan(asks, usage=seen.usage, limits=seen.limits, free=seen.free):
+        if new is not None and verdict.id == new.id:
+            if verdict.admit:
+                new.admitted_at = now
+                admitted.append(new.id)
+            else:
+                transition(session, new, Status.QUEUED, reason=REASON, message=verdict.why, now=now)
+            continue
+        if not verdict.admit and seen.messages.get(verdict.id) == verdict.why:
+            continue  # nothing new to say: the row is not touched
+        instance = await session.get(Instance, verdict.id)
+        if instance is None:
+            continue
         if verdict.admit:
             admitted.append(instance.id)
-            if instance is not new:
-                instance.expires_at = now + dt.timedelta(hours=instance.hours)
-                transition(session, instance, Status.REQUESTED, reason="admitted",
-                           message="admitted: it fits now", now=now)
+            instance.expires_at = now + dt.timedelta(hours=instance.hours)
             instance.admitted_at = now
-        elif instance is new:
-            transition(session, instance, Status.QUEUED, reason=REASON, message=verdict.why, now=now)
-        elif instance.message != verdict.why:
+            transition(session, instance, Status.REQUESTED, reason="admitted", message="admitted: it fits now", now=now)
+        else:
             instance.message = verdict.why
             note(session, instance, reason=REASON, message=verdict.why, now=now)
     return admitted

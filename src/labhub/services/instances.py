@@ -222,7 +222,7 @@ async def launch(
     event = Event(instance_id=instance.id, at=now, status=Status.REQUESTED, reason="requested", message=transition_msg)
     session.add(event)
     record_event(session, event, owner_id=user.id)
-    admission.decide(session, seen, now=now, new=instance)
+    await admission.decide(session, seen, now=now, new=instance)
     if actor.id != user.id:
         session.add(AuditEvent(actor=actor.name, action="instance.launch_for", target=f"{user.name}/{name}",
                                detail={"instance": instance.id, "template": tpl.name}))
