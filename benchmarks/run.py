@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from admission import admission_figures  # noqa: E402
 from hubs import (  # noqa: E402
     CHP,
     HOST,
@@ -61,7 +62,6 @@ from lib import (  # noqa: E402
 from replicas import replicas_figures  # noqa: E402
 from report import CHECKS, ORDER, fmt, machine_facts, markdown, miss_note, update_readme  # noqa: E402
 from services import services_figures  # noqa: E402
-from admission import admission_figures  # noqa: E402
 
 MEM_SETTLE_S = 3.0  # after readiness, before reading a workspace's memory
 GROUPS = ("launch", "proxy", "hub", "api", "replicas", "jobs", "services", "admission")

@@ -163,10 +163,16 @@ class Hub:
     def launch(self, template: str, name: str, *, size: str | None = None, hours: float | None = None,
                params: dict[str, Any] | None = None, input: str | None = None,  # noqa: A002
                backend: str | None = None, public: bool | None = None, min_replicas: int | None = None,
-               replicas: int | None = None) -> dict[str, Any]:
+               replicas: int | None = None, custom: dict[str, Any] | None = None,
+               owner: str | None = None) -> dict[str, Any]:
+        """Launch ``template`` as ``name``; the instance (``status`` ``queued`` with ``queue_position``
+        while it waits for admission).  ``custom``: ``{"cpus", "memory_mb", "gpus"}`` with size
+        ``"custom"`` (the default size when ``custom`` is given); ``owner``: admins launch for that user."""
+        if custom is not None and size is None:
+            size = "custom"
         body = {"template": template, "name": name, "size": size, "hours": hours, "params": params or {},
                 "input": input, "backend": backend, "public": public, "min_replicas": min_replicas,
-                "replicas": replicas}
+                "replicas": replicas, "custom": custom, "owner": owner}
         return _check(self.http.post("/instances", json={k: v for k, v in body.items() if v is not None}))
 
     def submit(self, template: str, *, input: str | None = None, name: str | None = None,  # noqa: A002
@@ -300,6 +306,38 @@ class Hub:
     def set_access(self, instance_id: str, open_to: str) -> dict[str, Any]:
         """Admins: open a workspace to every user (``"users"``), to anyone (``"anyone"``) or close it (``""``)."""
         return _check(self.http.put(f"/instances/{instance_id}/access", json={"open_to": open_to}))
+
+    # -- quotas and group policy --------------------------------------------------------------
+    def quota(self, user: str) -> dict[str, Any]:
+        """``user``'s quota report (yours, or admins: anyone's): ``quota`` (their own limits, as set),
+        ``limits`` in force (None: no limit), ``source`` of each (``user``, ``group:NAME``, ``site``),
+        ``usage``, ``period``, ``period_start``, ``period_end``."""
+        return _check(self.http.get(f"/users/{user}/quota"))
+
+    def set_quota(self, user: str, quota: dict[str, Any]) -> dict[str, Any]:
+        """Admins: replace ``user``'s own limits (absent keys inherit); ``{"quota", "over"}``, ``over``
+        saying what running instances are now over the limits (they keep running)."""
+        return _check(self.http.put(f"/users/{user}/quota", json=quota))
+
+    def group_quota(self, group: str) -> dict[str, Any]:
+        """``group``'s limits and launch policy: ``{"group", "quota", "priority", "self_service", "policy"}``."""
+        return _check(self.http.get(f"/groups/{group}/quota"))
+
+    def set_group_quota(self, group: str, quota: dict[str, Any]) -> dict[str, Any]:
+        """Admins: replace ``group``'s limits for its members; ``{"quota", "over"}`` as :meth:`set_quota`."""
+        return _check(self.http.put(f"/groups/{group}/quota", json=quota))
+
+    def set_group_policy(self, group: str, *, priority: int | None = None, self_service: bool | None = None,
+                         **policy: Any) -> dict[str, Any]:
+        """Admins: set ``group``'s launch policy, replacing ``policy`` (``max_hours``, ``default_hours``,
+        ``single_instance``, ``custom_size``: absent ones unset) and setting ``priority`` and
+        ``self_service`` where given; the group as :meth:`group_quota` shows it."""
+        body = {k: v for k, v in policy.items() if v is not None}
+        if priority is not None:
+            body["priority"] = priority
+        if self_service is not None:
+            body["self_service"] = self_service
+        return _check(self.http.put(f"/groups/{group}/policy", json=body))
 
     # -- output ---------------------------------------------------------------------------
     def log(self, instance_id: str, *, follow: bool = True, start: int = -64 * 1024) -> Iterator[str]:

@@ -86,22 +86,68 @@ def _show_event(event: dict[str, Any]) -> None:
     typer.echo(f"  {event['status']}: {event['message'].splitlines()[0] if event['message'] else ''}")
 
 
+RESOURCE_KEYS = ("cpus", "memory_mb", "gpus")
+
+
+def _resources(option: str, text: str) -> dict[str, Any]:
+    """``cpus=2,memory_mb=4096,gpus=1`` as a dict (numbers as numbers; the hub checks the rest)."""
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            typer.echo(f"error: {option} {text!r}: expected {','.join(f'{k}=N' for k in RESOURCE_KEYS)}", err=True)
+            raise typer.Exit(2)
+        key, value = key.strip().replace("-", "_"), value.strip()
+        try:
+            number = float(value)
+            values[key] = int(number) if number.is_integer() and "." not in value else number
+        except ValueError:
+            values[key] = value  # the hub names the field and why
+    if not values:
+        typer.echo(f"error: {option}: expected {','.join(f'{k}=N' for k in RESOURCE_KEYS)}", err=True)
+        raise typer.Exit(2)
+    return values
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _queued_line(inst: dict[str, Any], *, yours: bool = True) -> str:
+    """"queued: waiting for 1 GPU: 0 free on the local backend; you are 2nd in the queue"."""
+    line = f"queued: {inst['message']}"
+    if inst.get("queue_position"):
+        line += f"; {'you are' if yours else 'it is'} {_ordinal(inst['queue_position'])} in the queue"
+    return line
+
+
 def launch(
     template: str,
     name: Annotated[str, typer.Option("--name", "-n", help="instance name (a-z, 0-9, '-')")],
-    size: Annotated[str | None, typer.Option("--size", "-s")] = None,
+    size: Annotated[str | None, typer.Option("--size", "-s", help="a preset, or custom (with --custom)")] = None,
     hours: Annotated[float | None, typer.Option("--hours")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE (JSON values allowed)")] = None,
+    custom: Annotated[str | None, typer.Option("--custom", metavar="cpus=N,memory_mb=N,gpus=N",
+                                               help="a custom size (implies --size custom), where the template or "
+                                                    "your group allows one")] = None,
+    for_user: Annotated[str | None, typer.Option("--for", metavar="USER",
+                                                 help="admins: launch it for USER (theirs, on their quota)")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until it runs (or fails)")] = False,
 ) -> None:
-    """Launch TEMPLATE as an instance."""
+    """Launch TEMPLATE as an instance (one that does not fit yet waits in the queue and starts by itself)."""
+    resources = _resources("--custom", custom) if custom is not None else None
     with _hub() as hub:
-        inst = hub.launch(template, name, size=size, hours=hours, params=_params(param))
-        typer.echo(f"{inst['name']}: {inst['status']} ({inst['id']})")
+        inst = hub.launch(template, name, size=size, hours=hours, params=_params(param), custom=resources,
+                          owner=for_user)
+        label = inst["name"] if for_user is None else f"{inst['owner']}/{inst['name']}"
+        typer.echo(f"{label}: {inst['status']} ({inst['id']})")
+        if inst["status"] == "queued":
+            typer.echo(_queued_line(inst, yours=for_user is None))
         if wait:
             inst = hub.wait(inst["id"], until={"running"}, on_event=_show_event)
             at = f" at {inst['url']}" if inst["status"] == "running" else ""
-            typer.echo(f"{inst['name']}: {inst['status']}{at}")
+            typer.echo(f"{label}: {inst['status']}{at}")
             if inst["status"] != "running":
                 typer.echo(inst["message"], err=True)
                 raise typer.Exit(1)
@@ -481,8 +527,169 @@ def service_show(name: str, json_out: Annotated[bool, typer.Option("--json")] = 
     _how_to_call(inst | {"public": info["public"]}, first)
 
 
+# -- quotas and group policy ----------------------------------------------------------------------
+quota_app = typer.Typer(help="Quotas: what a user may hold at once and use per period (docs/policies.md).",
+                        no_args_is_help=True)
+QUOTA_KEYS = ("instances", "cpus", "memory_mb", "gpus", "gpu_hours", "cpu_hours")
+PER_PERIOD = ("gpu_hours", "cpu_hours")
+
+
+def _num(value: float | int) -> str:
+    """A limit or a usage as people read it: 2, 1.5, 0.25."""
+    value = round(float(value), 2)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def _key_of(option: str, given: str, keys: tuple[str, ...]) -> str:
+    key = given.strip().lower().replace("-", "_")
+    if key not in keys:
+        typer.echo(f"error: {option} {given!r}: expected one of {', '.join(k.replace('_', '-') for k in keys)}",
+                   err=True)
+        raise typer.Exit(2)
+    return key
+
+
+def _stored(quota: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {_num(quota[k])}" for k in QUOTA_KEYS if quota.get(k) is not None)
+
+
+def _show_user_quota(report: dict[str, Any]) -> None:
+    typer.echo(f"{report['user']}: limits in force, usage, and where each limit comes from")
+    cells = {}
+    for key in QUOTA_KEYS:
+        used, limit = _num(report["usage"].get(key, 0)), report["limits"].get(key)
+        cells[key] = (f"{used} of {_num(limit)}", f"({report['source'].get(key, 'site')})") if limit is not None \
+            else (used, "no limit")
+    width = max(len(c[0]) for c in cells.values())
+    for key, (amount, note) in cells.items():
+        typer.echo(f"{key:<10} {amount:<{width}}  {note}")
+    typer.echo(f"period: {report['period']}, {str(report['period_start'])[:10]} to {str(report['period_end'])[:10]} "
+               f"(UTC); gpu_hours and cpu_hours count within it")
+
+
+def _show_group(group: dict[str, Any], *, limits: bool = True) -> None:
+    if limits:
+        typer.echo(f"group {group['group']}: limits for its members (a member's own quota comes first; unset ones "
+                   f"come from their other groups or the site)")
+        for key in QUOTA_KEYS:
+            value = group["quota"].get(key)
+            typer.echo(f"{key:<10} " + ("not set" if value is None
+                                          else _num(value) + (" per period" if key in PER_PERIOD else "")))
+    policy = group.get("policy") or {}
+    typer.echo(f"priority {group['priority']}, self-service {'on' if group['self_service'] else 'off'}")
+    parts = []
+    for key in ("max_hours", "default_hours"):
+        if policy.get(key) is not None:
+            parts.append(f"{key} {_num(policy[key])}")
+    if policy.get("single_instance"):
+        parts.append("single_instance on")
+    if policy.get("custom_size"):
+        parts.append("custom_size up to " + ",".join(f"{k}={_num(policy['custom_size'].get(k, 0))}"
+                                                     for k in RESOURCE_KEYS))
+    typer.echo("policy: " + (", ".join(parts) or "the templates' durations and sizes"))
+
+
+@quota_app.command("show")
+def quota_show(
+    name: Annotated[str, typer.Argument(help="a user (yourself unless you are an admin), or with --group a group")],
+    group: Annotated[bool, typer.Option("--group", help="NAME is a group: its limits and launch policy")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A user's limits in force, with usage and where each comes from; or (--group) a group's limits and policy."""
+    with _hub() as hub:
+        data = hub.group_quota(name) if group else hub.quota(name)
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+    elif group:
+        _show_group(data)
+    else:
+        _show_user_quota(data)
+
+
+@quota_app.command("set")
+def quota_set(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="set this user's own quota")] = None,
+    group: Annotated[str | None, typer.Option("--group", "-g", help="set this group's quota (for its members)")] = None,
+    instances: Annotated[int | None, typer.Option(help="active instances at once")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPUs held at once")] = None,
+    memory_mb: Annotated[int | None, typer.Option("--memory-mb", help="memory held at once (MB)")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs held at once")] = None,
+    gpu_hours: Annotated[float | None, typer.Option("--gpu-hours", help="GPU-hours per period")] = None,
+    cpu_hours: Annotated[float | None, typer.Option("--cpu-hours", help="CPU-hours per period")] = None,
+    clear: Annotated[list[str] | None, typer.Option("--clear", metavar="KEY",
+                                                    help="unset this limit (repeatable): inherited again")] = None,
+) -> None:
+    """Admins: change a user's or a group's limits (the others are kept); they apply to the next launch."""
+    if (user is None) == (group is None):
+        typer.echo("error: name exactly one of --user and --group", err=True)
+        raise typer.Exit(2)
+    given = {k: v for k, v in {"instances": instances, "cpus": cpus, "memory_mb": memory_mb, "gpus": gpus,
+                               "gpu_hours": gpu_hours, "cpu_hours": cpu_hours}.items() if v is not None}
+    cleared = {_key_of("--clear", k, QUOTA_KEYS) for k in clear or []}
+    if both := sorted(cleared & set(given)):
+        typer.echo(f"error: --clear {both[0].replace('_', '-')} and a value for it: choose one", err=True)
+        raise typer.Exit(2)
+    if not given and not cleared:
+        typer.echo("error: nothing to change: give a limit (--instances N, --gpus N, ...) or --clear KEY", err=True)
+        raise typer.Exit(2)
+    with _hub() as hub:
+        if user is not None:
+            stored = dict(hub.quota(user)["quota"])
+        else:
+            stored = dict(hub.group_quota(group)["quota"])  # type: ignore[arg-type]
+        quota = {k: v for k, v in {**stored, **given}.items() if k not in cleared and v is not None}
+        result = hub.set_quota(user, quota) if user is not None else hub.set_group_quota(group, quota)  # type: ignore[arg-type]
+    whose = f"{user}'s own quota" if user is not None else f"group {group}'s quota"
+    if result["quota"]:
+        typer.echo(f"{whose}: {_stored(result['quota'])}")
+    else:
+        typer.echo(f"{whose}: no limits set (they come from "
+                   + ("their groups and the site)" if user is not None else "other groups and the site)"))
+    if result["over"]:
+        typer.echo("warning: running instances are over the new limits; they keep running (the limits apply to "
+                   "the next launch):", err=True)
+        for line in result["over"]:
+            typer.echo(f"  {line}", err=True)
+
+
+def group_policy(
+    name: Annotated[str, typer.Argument(help="the group")],
+    priority: Annotated[int | None, typer.Option(help="its members' queued launches go first (higher first)")] = None,
+    self_service: Annotated[bool | None, typer.Option("--self-service/--no-self-service",
+                                                      help="members may launch for themselves (else admins launch "
+                                                           "for them)")] = None,
+    max_hours: Annotated[float | None, typer.Option("--max-hours", help="longest duration of a launch")] = None,
+    default_hours: Annotated[float | None, typer.Option("--default-hours", help="duration when none is asked")] = None,
+    single_instance: Annotated[bool | None, typer.Option("--single-instance/--no-single-instance",
+                                                         help="one active instance of a template per member")] = None,
+    custom_size: Annotated[str | None, typer.Option("--custom-size", metavar="cpus=N,memory_mb=N,gpus=N",
+                                                    help="members may ask for any size up to this")] = None,
+    clear: Annotated[list[str] | None, typer.Option("--clear", metavar="KEY",
+                                                    help="unset max-hours, default-hours or custom-size "
+                                                         "(repeatable)")] = None,
+) -> None:
+    """Admins: change GROUP's launch policy through the hub's API (the rest is kept); without options, show it."""
+    keys = ("max_hours", "default_hours", "custom_size")
+    cleared = {_key_of("--clear", k, keys) for k in clear or []}
+    given: dict[str, Any] = {"max_hours": max_hours, "default_hours": default_hours,
+                             "single_instance": single_instance,
+                             "custom_size": _resources("--custom-size", custom_size) if custom_size else None}
+    given = {k: v for k, v in given.items() if v is not None}
+    if both := sorted(cleared & set(given)):
+        typer.echo(f"error: --clear {both[0].replace('_', '-')} and a value for it: choose one", err=True)
+        raise typer.Exit(2)
+    with _hub() as hub:
+        group = hub.group_quota(name)
+        if given or cleared or priority is not None or self_service is not None:
+            policy = {k: v for k, v in {**(group.get("policy") or {}), **given}.items() if k not in cleared}
+            group = hub.set_group_policy(name, priority=priority, self_service=self_service, **policy)
+    typer.echo(f"group {group['group']}:")
+    _show_group(group, limits=False)
+
+
 def register(app: typer.Typer) -> None:
     for command in (login, launch, submit, deploy, ls, stop, extend, share, unshare, logs, events, upload, folders,
                     download):
         app.command()(command)
     app.add_typer(service_app, name="service")
+    app.add_typer(quota_app, name="quota")

@@ -17,7 +17,8 @@ app = typer.Typer(help="LabHub: workspaces, jobs and services for a research gro
 user_app = typer.Typer(help="Manage users (acts on the data dir).", no_args_is_help=True)
 token_app = typer.Typer(help="Manage API tokens (acts on the data dir).", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-group_app = typer.Typer(help="Manage groups (acts on the data dir).", no_args_is_help=True)
+group_app = typer.Typer(help="Manage groups (acts on the data dir; `policy` through the hub's API).",
+                        no_args_is_help=True)
 runtime_app = typer.Typer(help="Runtimes: the environments instances run in (built under LABHUB_RUNTIMES_DIR).",
                           no_args_is_help=True)
 app.add_typer(user_app, name="user")
@@ -26,6 +27,7 @@ app.add_typer(group_app, name="group")
 app.add_typer(db_app, name="db")
 app.add_typer(runtime_app, name="runtime")
 client.register(app)
+group_app.command("policy")(client.group_policy)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory [env LABHUB_DATA_DIR]")]
 
