@@ -225,3 +225,25 @@ async def test_restart_with_a_new_size_replaces_the_instance_under_the_same_name
     await hub.wait_status(alice, new.json()["id"], {"running"})
     again = await alice.http.post(f"/api/v1/instances/{old['id']}/restart", json={"size": "small"})
     assert again.status_code == 409  # the old one has ended
+
+
+@pytest.mark.postgres
+async def test_two_replicas_admit_exactly_the_quota_between_them(start_hub, postgres_url, echo_upstream):
+    fake = FakeBackend(url=echo_upstream.url)
+    a = await start_hub(postgres_url, backends={"fake": fake}, sizes=SIZES, quota={"instances": 5}, replica_id="a")
+    b = await start_hub(postgres_url, backends={"fake": fake}, sizes=SIZES, quota={"instances": 5}, replica_id="b")
+    alice = await a.user("alice")
+    on_b = b.client(headers={"Authorization": f"Bearer {alice.token}"})
+    bodies = [{"template": "jupyterlab", "name": f"ws{n}", "size": "small"} for n in range(50)]
+    answers = await asyncio.gather(*((alice.http if n % 2 else on_b).post("/api/v1/instances", json=body)
+                                     for n, body in enumerate(bodies)))
+    assert [r.status_code for r in answers] == [201] * 50
+    assert sum(r.json()["status"] != "queued" for r in answers) == 5
+    listed = await wait_for(lambda got: sum(i["status"] == "running" for i in got) == 5, alice)
+    assert sorted(i["queue_position"] for i in waiting(listed)) == list(range(1, 46))
+    first = min(waiting(listed), key=lambda i: i["queue_position"])
+    running = next(i for i in listed if i["status"] == "running")
+    assert (await on_b.delete(f"/api/v1/instances/{running['id']}")).status_code == 202
+    listed = await wait_for(lambda got: len(waiting(got)) == 44 and sum(i["status"] == "running" for i in got) == 5,
+                            alice)
+    assert first["id"] in {i["id"] for i in listed if i["status"] == "running"}
