@@ -9,6 +9,7 @@ import pytest
 
 from labhub.backends import procinfo
 from labhub.backends.base import BackendError, Capability, Phase
+from labhub.backends.gpus import Gpu
 from labhub.backends.local import LocalBackend
 from labhub.backends.local_isolation import Cgroups, account_name
 from tests.backends.local_support import (
@@ -187,3 +188,26 @@ async def test_out_of_memory_is_reported(
     assert (await restarted.observe(handle["instance_id"], handle)).reason == "OOM"
     assert await local_isolated_backend.terminate(handle) is True
     assert not exists(handle["cgroup"])
+
+
+async def test_a_gpu_that_disappears_makes_its_instance_unknown_not_failed(local_state_dir: Path, local_py: str,
+                                                                          local_owner: str):
+    now = [1000.0]
+    found = [Gpu(0, found_by="nvml"), Gpu(1, found_by="nvml")]
+    backend = LocalBackend(state_dir=local_state_dir / "lost", hub_id="lost-hub", clock=lambda: now[0],
+                           gpu_inventory=lambda: list(found))
+    try:
+        a = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
+        b = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
+        seen = await backend.observe_many({"a": a, "b": b})
+        assert {o.phase for o in seen.values()} == {Phase.RUNNING}
+        found[:] = [g for g in found if g.index != a["gpus"][0]]  # a's GPU falls off the bus
+        assert (await backend.observe_many({"a": a}))["a"].phase == Phase.RUNNING  # not looked for again yet
+        now[0] += 31
+        seen = await backend.observe_many({"a": a, "b": b})
+        assert seen["a"].phase == Phase.UNKNOWN and seen["a"].reason == "gpu_lost"
+        assert f"GPU {a['gpus'][0]} is no longer found" in seen["a"].message
+        assert seen["b"].phase == Phase.RUNNING
+        assert Path(f"/proc/{a['pid']}").exists()  # left running
+    finally:
+        await cleanup_backend(backend)

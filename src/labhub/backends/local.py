@@ -74,6 +74,9 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"  # what jobs and runtimes find besi
 NOT_LISTENING = Observation(Phase.RUNNING, message="not listening yet")
 
 
+GPU_RECHECK_S = 30.0  # how often the GPUs are looked for again while instances hold some
+
+
 class LocalBackend(Backend):
     """Instances as child processes of the hub, isolated as far as the machine allows.
 
@@ -100,9 +103,12 @@ class LocalBackend(Backend):
         private_root: Path | None = None,
         cpus: float | None = None,
         memory_mb: int | None = None,
+        gpu_inventory: Callable[[], list[Gpu]] = gpu_inventory,
     ) -> None:
         """``gpus``: how many GPUs to hand out; ``None``: the GPUs found (:mod:`labhub.backends.gpus`).
         ``cpus``, ``memory_mb``: what the admission queue may hand out at once (``None``: not limited).
+        ``gpu_inventory``: how the GPUs are found, at start and again (every :data:`GPU_RECHECK_S`) while
+        instances hold some: one that is gone makes its instances ``unknown``, not failed.
 
         ``private_root`` is the hub's data directory, whose permissions the hub
         keeps (traversable by :attr:`data_dir_group` only); what lies above it
@@ -147,7 +153,10 @@ class LocalBackend(Backend):
         self._socket_root: Path | None = None
         cgroups = Cgroups(Path(cgroup_root)) if auto and not self.refusal else None
         self._cgroups = cgroups if cgroups is not None and cgroups.available else None
+        self._inventory = gpu_inventory if gpus is None else None
         self.gpus = gpu_inventory() if gpus is None else [Gpu(index=i, found_by="settings") for i in range(gpus)]
+        self._gpus_seen_at = clock()
+        self._found_now: set[int] | None = None  # the indices the last re-read found
         self._gpu_count = len(self.gpus)
         self._capacity = Capacity(cpus=cpus, memory_mb=memory_mb, gpus=self._gpu_count)
         if self._gpu_count > 0:
@@ -376,7 +385,23 @@ class LocalBackend(Backend):
     # -- observe ----------------------------------------------------------------
 
     async def observe_many(self, handles: Mapping[str, Handle]) -> dict[str, Observation]:
-        return {key: self._observe(h) for key, h in handles.items()}
+        seen = {key: self._observe(h) for key, h in handles.items()}
+        holding = {key: h["gpus"] for key, h in handles.items() if h.get("gpus") and seen[key].phase == Phase.RUNNING}
+        if holding and (lost := self._lost_gpus()):
+            for key, held in holding.items():
+                if gone := sorted(set(held) & lost):
+                    seen[key] = Observation(Phase.UNKNOWN, reason="gpu_lost", message=(
+                        f"GPU {', '.join(map(str, gone))} is no longer found on this machine; the instance is "
+                        "left running (not failed) until the GPU is back or it is stopped"))
+        return seen
+
+    def _lost_gpus(self) -> set[int]:
+        """Indices handed out at start that the inventory no longer finds (read again at most every
+        :data:`GPU_RECHECK_S`; never for an inventory the settings gave)."""
+        if self._inventory is not None and self.clock() - self._gpus_seen_at >= GPU_RECHECK_S:
+            self._gpus_seen_at = self.clock()
+            self._found_now = {g.index for g in self._inventory()}
+        return set() if self._found_now is None else {g.index for g in self.gpus} - self._found_now
 
     def _observe(self, handle: Handle) -> Observation:
         """A few ``/proc`` reads; no subprocess, no scan."""

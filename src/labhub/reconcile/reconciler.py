@@ -594,8 +594,8 @@ class Reconciler:
                 else:
                     await self._apply(iid, Status.FAILED, obs.reason or "exited", (obs.message or "gone") + tail)
             elif obs.phase == Phase.UNKNOWN and inst.status != Status.UNKNOWN:
-                await self._apply(iid, Status.UNKNOWN, "backend_unreachable",
-                                  f"{backend.name} backend unreachable: {obs.message}; will keep trying")
+                await self._apply(iid, Status.UNKNOWN, obs.reason or "backend_unreachable", obs.message if obs.reason
+                                  else f"{backend.name} backend unreachable: {obs.message}; will keep trying")
             elif obs.phase in (Phase.RUNNING, Phase.STARTING) and inst.status == Status.UNKNOWN:
                 await self._apply(iid, Status.RUNNING, "recovered", f"{backend.name} backend reachable again")
             if obs.phase == Phase.RUNNING and obs.url and obs.url != inst.upstream:
