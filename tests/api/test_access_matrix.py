@@ -152,6 +152,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/groups/{group}/quota"): rule("user", "admin", other=(404,)),  # members and admins
     ("PUT", "/api/v1/groups/{group}/quota"): ADMIN,
     ("PUT", "/api/v1/groups/{group}/policy"): ADMIN,
+    ("GET", "/api/v1/shared"): USER,
     ("POST", "/api/v1/instances/{instance_id}/restart"): rule("user", "admin", other=(403, 404), ok=(409, 422)),
     # log in and out, first admin, sign-up, OIDC, approvals
     ("GET", "/login"): PUBLIC,

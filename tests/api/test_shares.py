@@ -142,6 +142,11 @@ async def test_a_group_share_opens_to_its_members_while_they_are_members(hub):
     assert made.status_code == 201 and made.json()["group"] == "physics" and made.json()["user"] is None
     assert (await as_bob.get("/api/status")).status_code == 200  # a member
     assert (await as_carol.get("/api/status")).status_code == 403  # not one
+    listed = (await bob.http.get("/api/v1/shared")).json()
+    assert [(s["id"], s["owner"], s["how"], s["url"]) for s in listed] == [(inst["id"], "alice", "group physics",
+                                                                            inst["url"])]
+    assert (await carol.http.get("/api/v1/shared")).json() == []
+    assert (await alice.http.get("/api/v1/shared")).json() == []  # her own are not "shared with her"
 
     # membership changes reach the proxy right after they commit
     assert (await root.http.put("/api/v1/groups/physics/members/carol")).status_code in (200, 201)

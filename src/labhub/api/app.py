@@ -335,6 +335,7 @@ def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
     app.include_router(instances.router, prefix="/api/v1")
     app.include_router(extend.router, prefix="/api/v1")
     app.include_router(shares.router, prefix="/api/v1")
+    app.include_router(shares.shared_router, prefix="/api/v1")
     app.include_router(callhome.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(services.router, prefix="/api/v1")

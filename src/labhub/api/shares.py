@@ -109,3 +109,26 @@ async def set_access(instance_id: Text, body: AccessRequest, user: InstancesUser
     await session.commit()
     await hub.refresh_routes({inst.id})
     return AccessOut(instance_id=inst.id, open_to=inst.open_to or "", shares=[ShareOut.of(s) for s in listed])
+
+
+shared_router = APIRouter(prefix="/shared", tags=["sharing"], responses=SIGNED_IN)
+
+
+class SharedOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    kind: str
+    template: str
+    status: str
+    url: str = Field(description="where it is served (its own origin, or /user/<owner>/<name>/ in path mode)")
+    how: str = Field(description='why you may open it: "you", "group NAME", "every user" or "anyone"')
+
+
+@shared_router.get("", response_model=list[SharedOut], summary="Others' active instances you may open, newest first")
+async def shared_with_me(user: InstancesUser, session: SessionDep, hub: HubDep,
+                         limit: Annotated[int, Query(ge=1, le=SHARES_LIMIT)] = 200) -> list[SharedOut]:
+    found = await shares.shared_with(session, user=user, limit=limit)
+    return [SharedOut(id=s.instance.id, name=s.instance.name, owner=s.instance.owner.name, kind=s.instance.kind,
+                      template=s.instance.template, status=s.instance.status, url=hub.instance_url(s.instance),
+                      how=s.how) for s in found]
