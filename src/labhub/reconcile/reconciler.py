@@ -47,7 +47,7 @@ from labhub.backends.local_isolation import group_name
 from labhub.catalog import Catalog
 from labhub.models import ACTIVE, TERMINAL, Instance, Kind, Replica, Status, awaits_admission
 from labhub.proxy.routes import Route, RouteTable
-from labhub.reconcile import housekeeping, idle, jobs
+from labhub.reconcile import culling, housekeeping, jobs
 from labhub.reconcile.expiry import warn_expiring
 from labhub.reconcile.probe import http_status, listening
 from labhub.services import accounts, admission, changes
@@ -665,53 +665,7 @@ class Reconciler:
             self.parts.routes.add(route)
 
     async def _cull_idle(self, now: dt.datetime, running: list[Any]) -> None:
-        """Stop this replica's running instances idle for longer than their template allows, and
-        put to sleep (scale to zero) the services that may sleep and had no request for ``idle_s``.
-
-        Activity is the latest of what any replica's proxy saw (flushed to the database)
-        and what this one saw since its last flush."""
-        catalog = self.parts.catalog()
-        candidates = []
-        for inst in running:
-            template = catalog.get(inst.template)
-            if inst.status != Status.RUNNING or template is None:
-                continue
-            if template.service is not None and inst.min_replicas == 0:
-                candidates.append((inst, template.service.idle_s, "scale_to_zero"))
-            elif template.idle_timeout_hours is not None:  # never sooner than the site's locked minimum
-                hours = max(template.idle_timeout_hours, self.parts.settings.idle_min_hours)
-                candidates.append((inst, hours * 3600, "idle"))
-        if not candidates:
-            return
-        local = {r.instance_id: r.last_activity for r in self.parts.routes.all()}
-        for inst, seconds, why in candidates:
-            seen = [(inst.started_at or inst.created_at).timestamp(), local.get(inst.id, 0.0)]
-            if inst.last_activity_at is not None:
-                seen.append(inst.last_activity_at.timestamp())
-            quiet = now.timestamp() - max(seen)
-            if quiet <= seconds:
-                continue
-            detail = "no requests"
-            template = catalog.get(inst.template)
-            if why == "idle" and template is not None and template.idle_check == "jupyter" and inst.upstream:
-                activity = await self._jupyter_activity(inst.id, inst.upstream)
-                if activity is not None and activity.busy:
-                    continue  # a kernel is computing: in use, whatever the traffic
-                if activity is not None and activity.last is not None:
-                    quiet = min(quiet, now.timestamp() - activity.last)
-                    if quiet <= seconds:
-                        continue
-                    detail = "no kernel busy"
-            await self._request_stop(inst.id, why, f"stopped: idle for {idle.describe(quiet)}, {detail}"
-                                     if why == "idle" else "")
-
-    async def _jupyter_activity(self, instance_id: str, upstream: str) -> idle.Activity | None:
-        async with self.parts.sessions() as session:
-            inst = await session.get(Instance, instance_id)
-            if inst is None:
-                return None
-            base_url = self.parts.launch.base_path(inst.owner.name, inst.name)
-        return await idle.jupyter(upstream, base_url, self.parts.launch.instance_token(instance_id))
+        await culling.cull(self.parts, now, running, self._request_stop)
 
     async def flush_activity(self) -> None:
         """Write this replica's proxy's last-activity times to the database (never backwards:
