@@ -148,6 +148,22 @@ async def test_limits_per_user_and_bad_names(hub):
     assert [f["files"] for f in (await alice.http.get("/api/v1/folders")).json()] == [1, 1, 1]
 
 
+async def test_a_storage_quota_replaces_the_sites_limit_for_its_user(hub):
+    alice, root = await hub.user("alice"), await hub.user("root", admin=True)
+    for name in ("f1", "f2"):
+        assert (await alice.http.post(f"/api/v1/folders/{name}/upload", params={"filename": "x"},
+                                      content=b"1" * 590_000)).status_code == 201
+    report = (await alice.http.get("/api/v1/users/alice/quota")).json()
+    assert report["limits"]["storage_mb"] == 1 and report["source"]["storage_mb"] == "site"  # 1.5 MB, whole MiB
+    assert report["usage"]["storage_mb"] == 1.1
+    big = {"params": {"filename": "x"}, "content": b"1" * 400_000}
+    assert (await alice.http.post("/api/v1/folders/f3/upload", **big)).status_code == 413
+    assert (await root.http.put("/api/v1/users/alice/quota", json={"storage_mb": 2})).status_code == 200
+    assert (await alice.http.post("/api/v1/folders/f3/upload", **big)).status_code == 201  # 1.58 MB of 2 MiB
+    assert (await root.http.put("/api/v1/users/alice/quota", json={"storage_mb": 1})).json()["over"] == [
+        "MB of storage: 1.5 in use, the limit is now 1"]
+
+
 async def test_folders_are_the_hubs_files(hub):
     """Uploaded files belong to the hub, private: a job's account gets read access to one folder
     when a job of its owner reads it, and nobody else ever."""

@@ -65,8 +65,9 @@ async def user_quota(name: Text, caller: ReadUser, session: SessionDep, hub: Hub
     if caller.name != name and not caller.is_admin:
         raise Forbidden("only admins may see other users' quotas")
     user = await users.require_user(session, name)
-    return QuotaReport.model_validate(await quotas.quota_report(session, user=user, site=hub.settings.quota,
-                                                                now=hub.clock()))
+    return QuotaReport.model_validate(await quotas.quota_report(
+        session, user=user, site=hub.settings.quota, now=hub.clock(),
+        storage_mb=hub.settings.storage.max_user_bytes // 2**20))
 
 
 @router.put("/users/{name}/quota", response_model=QuotaSet, summary="Replace a user's own limits (admins)",
@@ -86,16 +87,16 @@ def _group_out(group: Any) -> GroupQuota:
                       self_service=group.self_service, policy=group.policy or {})
 
 
-@router.get("/groups/{group}/quota", response_model=GroupQuota, summary="A group's limits and policy (admins, members)",
-            responses=errors(404))
+@router.get("/groups/{group}/quota", response_model=GroupQuota,
+            summary="A group's limits and policy (admins, members)", responses=errors(404))
 async def group_quota(group: Text, caller: ReadUser, session: SessionDep) -> GroupQuota:
     if not caller.is_admin and group not in await groups.names_of(session, caller):
         raise NotFound(f"no group named {group!r}")  # as for the group itself: others do not learn it exists
     return _group_out(await groups.get_group(session, name=group))
 
 
-@router.put("/groups/{group}/quota", response_model=QuotaSet, summary="Replace a group's limits for its members (admins)",
-            responses=errors(404, 422))
+@router.put("/groups/{group}/quota", response_model=QuotaSet,
+            summary="Replace a group's limits for its members (admins)", responses=errors(404, 422))
 async def set_group_quota(group: Text, body: QuotaIn, actor: AdminUser, session: SessionDep, hub: HubDep,
                           address: AddressDep) -> QuotaSet:
     row = await groups.get_group(session, name=group)

@@ -30,7 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.files import archive, tree
-from labhub.models import Folder, Instance, utcnow
+from labhub.models import Folder, utcnow
+from labhub.services import quotas
 from labhub.services.errors import Conflict, Invalid, NotFound, TooLarge
 from labhub.settings import StorageSettings
 
@@ -118,11 +119,7 @@ class Folders:
 
     async def used_bytes(self, session: AsyncSession, owner_id: int) -> int:
         """What counts against the user's storage limit: folders and kept artifacts."""
-        folders = await session.scalar(select(func.coalesce(func.sum(Folder.bytes), 0))
-                                       .where(Folder.owner_id == owner_id))
-        artifacts = await session.scalar(select(func.coalesce(func.sum(Instance.output_bytes), 0))
-                                         .where(Instance.owner_id == owner_id))
-        return int(folders or 0) + int(artifacts or 0)
+        return await quotas.stored_bytes(session, owner_id)
 
     # -- writes --------------------------------------------------------------------------
     def upload_limit(self) -> int:
@@ -147,6 +144,8 @@ class Folders:
                 row = await session.scalar(select(Folder).where(Folder.owner_id == owner_id, Folder.name == name))
                 count = await session.scalar(select(func.count()).select_from(Folder).where(Folder.owner_id == owner_id))
                 used = await self.used_bytes(session, owner_id)
+                allowed = await quotas.storage_limit(session, owner_id,
+                                                     site_bytes=self.settings.max_user_bytes)
             if row is None and (count or 0) >= self.settings.max_folders:
                 raise TooLarge(f"you have {count} folders, the most allowed; delete one first",
                                fields={"name": f"at most {self.settings.max_folders} folders per user"})
@@ -154,7 +153,7 @@ class Folders:
             limits = archive.Limits(
                 max_file_bytes=self.settings.max_file_bytes,
                 max_total_bytes=max(0, min(self.settings.max_folder_bytes - have_bytes,
-                                           self.settings.max_user_bytes - used)),
+                                           allowed - used)),
                 max_files=max(0, self.settings.max_folder_files - have_files),
                 max_ratio=self.settings.max_ratio,
             )

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.auth import audit
-from labhub.models import ACTIVE, Group, Instance, Membership, Status, User
+from labhub.models import ACTIVE, Folder, Group, Instance, Membership, Status, User
 from labhub.services.errors import Forbidden, Invalid
 from labhub.settings import QuotaSettings
 
@@ -40,11 +40,12 @@ class QuotaValues(BaseModel):
     gpus: int | None = Field(default=None, ge=0, le=100_000)
     gpu_hours: float | None = Field(default=None, ge=0, le=1e9)
     cpu_hours: float | None = Field(default=None, ge=0, le=1e9)
+    storage_mb: int | None = Field(default=None, ge=0, le=1024**4)  # folders and kept artifacts together
 
 
 LIMITS = tuple(QuotaValues.model_fields)
 UNITS = {"instances": "instances", "cpus": "CPUs", "memory_mb": "MB of memory", "gpus": "GPUs",
-         "gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
+         "gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours", "storage_mb": "MB of storage"}
 
 
 def parse(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,6 +68,7 @@ class Limits:
     gpus: int | None = None
     gpu_hours: float | None = None
     cpu_hours: float | None = None
+    storage_mb: int | None = None
     source: Mapping[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,7 +96,7 @@ def effective(site: QuotaSettings, own: Mapping[str, Any] | None, groups: Iterab
                 best = (value, f"group:{name}")
         if best is not None:
             values[key], source[key] = best
-        elif getattr(site, key) is not None:
+        elif getattr(site, key, None) is not None:
             values[key], source[key] = getattr(site, key), "site"
     return Limits(**values, source=source)
 
@@ -127,6 +129,7 @@ class Usage:
     gpus: int = 0
     gpu_hours: float = 0.0
     cpu_hours: float = 0.0
+    storage_mb: float = 0.0  # counted by quota_report only (uploads check it themselves)
 
     def hold(self, cpus: float, memory_mb: int, gpus: int) -> None:
         self.instances += 1
@@ -188,16 +191,38 @@ def limits_of(site: QuotaSettings, user: User, groups: Iterable[Group]) -> Limit
     return effective(site, user.quota, [(g.name, g.quota) for g in groups])
 
 
-async def quota_report(session: AsyncSession, *, user: User, site: QuotaSettings, now: dt.datetime) -> dict[str, Any]:
+async def quota_report(session: AsyncSession, *, user: User, site: QuotaSettings, now: dt.datetime,
+                       storage_mb: int | None = None) -> dict[str, Any]:
     """What Home and ``GET /api/v1/users/{name}/quota`` show: the stored quota, the limits in force with
-    their sources, the usage, and the period."""
+    their sources, the usage, and the period.  ``storage_mb``: the site's storage limit per user
+    (``LABHUB_STORAGE__MAX_USER_BYTES``), where no quota sets one."""
     groups = (await groups_of(session, [user.id]))[user.id]
     limits = limits_of(site, user, groups)
+    if limits.storage_mb is None and storage_mb is not None:
+        limits = replace(limits, storage_mb=storage_mb, source={**limits.source, "storage_mb": "site"})
     usage = (await usage_of(session, [user.id], now=now, period=site.period))[user.id]
+    usage.storage_mb = round(await stored_bytes(session, user.id) / 2**20, 1)
     start = period_start(now, site.period)
     return {"user": user.name, "quota": user.quota or {}, "limits": limits.as_dict(), "source": dict(limits.source),
             "usage": usage.as_dict(), "period": site.period, "period_start": start,
             "period_end": period_end(start, site.period)}
+
+
+async def stored_bytes(session: AsyncSession, owner_id: int) -> int:
+    """What counts against a user's storage: their folders and their jobs' kept artifacts."""
+    folders = await session.scalar(select(func.coalesce(func.sum(Folder.bytes), 0)).where(Folder.owner_id == owner_id))
+    artifacts = await session.scalar(select(func.coalesce(func.sum(Instance.output_bytes), 0))
+                                     .where(Instance.owner_id == owner_id))
+    return int(folders or 0) + int(artifacts or 0)
+
+
+async def storage_limit(session: AsyncSession, owner_id: int, *, site_bytes: int) -> int:
+    """The most bytes ``owner_id`` may store: their quota's ``storage_mb``, else the most generous of
+    their groups', else ``site_bytes``."""
+    user = await session.get(User, owner_id)
+    groups = (await groups_of(session, [owner_id]))[owner_id]
+    limit = effective(QuotaSettings(), user.quota if user else None, [(g.name, g.quota) for g in groups]).storage_mb
+    return site_bytes if limit is None else limit * 2**20
 
 
 def over_limits(limits: Limits, usage: Usage) -> list[str]:
@@ -221,7 +246,10 @@ async def set_user_quota(session: AsyncSession, *, actor: User, user: User, give
                  quota=user.quota or {})
     groups = (await groups_of(session, [user.id]))[user.id]
     usage = (await usage_of(session, [user.id], now=now, period=site.period))[user.id]
-    return over_limits(limits_of(site, user, groups), usage)
+    limits = limits_of(site, user, groups)
+    if limits.storage_mb is not None:
+        usage.storage_mb = round(await stored_bytes(session, user.id) / 2**20, 1)
+    return over_limits(limits, usage)
 
 
 async def set_group_quota(session: AsyncSession, *, actor: User, group: Group, given: Mapping[str, Any],
@@ -239,6 +267,8 @@ async def set_group_quota(session: AsyncSession, *, actor: User, group: Group, g
     usage = await usage_of(session, [m.id for m in members], now=now, period=site.period)
     over = []
     for member in members:
-        over += [f"{member.name}: {line}" for line in over_limits(limits_of(site, member, groups[member.id]),
-                                                                   usage[member.id])]
+        limits = limits_of(site, member, groups[member.id])
+        if limits.storage_mb is not None and limits.source.get("storage_mb") == f"group:{group.name}":
+            usage[member.id].storage_mb = round(await stored_bytes(session, member.id) / 2**20, 1)
+        over += [f"{member.name}: {line}" for line in over_limits(limits, usage[member.id])]
     return over
