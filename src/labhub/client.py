@@ -194,6 +194,14 @@ class Hub:
         maximum; the instance as it is now (422 says how much it can still get)."""
         return _check(self.http.post(f"/instances/{self.find(name_or_id)['id']}/extend", json={"hours": hours}))
 
+    def restart(self, name_or_id: str, size: str, *, custom: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Restart your instance (by name, or id) with a new size: it stops and is launched again under
+        its name; the new instance (queued, if it does not fit yet)."""
+        body: dict[str, Any] = {"size": "custom" if custom else size}
+        if custom:
+            body["custom"] = custom
+        return _check(self.http.post(f"/instances/{self.find(name_or_id)['id']}/restart", json=body))
+
     def delete(self, instance_id: str) -> None:
         """Delete an ended instance's record (and a job's artifacts)."""
         _check(self.http.delete(f"/instances/{instance_id}/record"))

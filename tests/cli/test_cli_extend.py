@@ -65,3 +65,25 @@ async def test_extend_from_the_command_line(start_hub, sqlite_url, echo_upstream
     ended = await cli("extend", "ws", "--hours", "1")
     assert ended.exit_code == 1 and "error (409): ws cannot be extended: it has ended" in ended.output
     assert (await alice.http.get(f"/api/v1/instances/{inst['id']}")).json()["hours"] == 6
+
+
+
+async def test_restart_with_a_new_size_from_the_command_line(start_hub, sqlite_url, echo_upstream):
+    hub = await start_hub(sqlite_url, backends={"fake": FakeBackend(url=echo_upstream.url)})
+    alice = await hub.user("alice")
+
+    def cli(*args: str):
+        env = {"LABHUB_URL": hub.url, "LABHUB_TOKEN": alice.token}
+        return asyncio.to_thread(runner.invoke, app, list(args), env=env, catch_exceptions=False)
+
+    made = await alice.http.post("/api/v1/instances", json={"template": "jupyterlab", "name": "ws", "size": "small"})
+    await hub.wait_status(alice, made.json()["id"], {"running"})
+    assert (await cli("restart", "ws")).exit_code == 2  # no size given
+    bad = await cli("restart", "ws", "--size", "huge")
+    assert bad.exit_code == 1 and "size: must be one of" in bad.output
+    done = await cli("restart", "ws", "--size", "medium")
+    assert done.exit_code == 0, done.output
+    new_id = done.output.rsplit("(", 1)[1].split(")")[0]
+    assert done.output.startswith("ws: requested with size medium (")
+    assert (await hub.wait_status(alice, new_id, {"running"}))["resources"]["cpus"] == 2
+    assert (await hub.wait_status(alice, made.json()["id"], {"stopped"}))["reason"] == "restart"

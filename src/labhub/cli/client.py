@@ -222,6 +222,23 @@ def extend(name: str, hours: Annotated[float, typer.Option("--hours", help="hour
     typer.echo(f"{inst['name']}: {inst['hours']:g} h in all, expires at {inst['expires_at']}")
 
 
+def restart(
+    name: str,
+    size: Annotated[str | None, typer.Option("--size", "-s", help="the new size: a preset, or custom")] = None,
+    custom: Annotated[str | None, typer.Option("--custom", metavar="cpus=N,memory_mb=N,gpus=N",
+                                               help="a custom size (implies --size custom)")] = None,
+) -> None:
+    """Restart your instance NAME with a new size (it stops and starts again under its name)."""
+    if size is None and custom is None:
+        raise typer.BadParameter("give --size or --custom", param_hint="--size")
+    resources = _resources("--custom", custom) if custom is not None else None
+    with _hub() as hub:
+        inst = hub.restart(name, size or "custom", custom=resources)
+    typer.echo(f"{inst['name']}: {inst['status']} with size {inst['size']} ({inst['id']})")
+    if inst["status"] == "queued":
+        typer.echo(_queued_line(inst, yours=True))
+
+
 OPEN_TO_WORDS = {"": "", "users": "open to every user, logged in", "anyone": "open to anyone, without logging in"}
 
 
@@ -688,8 +705,8 @@ def group_policy(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (login, launch, submit, deploy, ls, stop, extend, share, unshare, logs, events, upload, folders,
-                    download):
+    for command in (login, launch, submit, deploy, ls, stop, extend, restart, share, unshare, logs, events, upload,
+                    folders, download):
         app.command()(command)
     app.add_typer(service_app, name="service")
     app.add_typer(quota_app, name="quota")
