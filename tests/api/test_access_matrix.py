@@ -153,6 +153,12 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("PUT", "/api/v1/groups/{group}/quota"): ADMIN,
     ("PUT", "/api/v1/groups/{group}/policy"): ADMIN,
     ("GET", "/api/v1/shared"): USER,
+    ("GET", "/admin/users/{name}/quota"): ADMIN,
+    ("POST", "/admin/users/{name}/quota"): ADMIN,
+    ("GET", "/admin/groups"): ADMIN,
+    ("GET", "/admin/groups/{group}"): ADMIN,
+    ("POST", "/admin/groups/{group}/quota"): ADMIN,
+    ("POST", "/admin/groups/{group}/policy"): ADMIN,
     ("POST", "/api/v1/instances/{instance_id}/restart"): rule("user", "admin", other=(403, 404), ok=(409, 422)),
     # log in and out, first admin, sign-up, OIDC, approvals
     ("GET", "/login"): PUBLIC,

@@ -100,10 +100,15 @@ async def test_an_admin_acts_for_a_user_only_through_the_explicit_endpoint(hub):
     assert (await admin.http.post("/api/v1/users/alice/tokens", json={"scopes": ["admin"]})).status_code == 422
     events = (await admin.http.get("/api/v1/audit", params={"action": "token.create", "target": "alice"})).json()
     assert events["events"][0]["actor"] == "root"
-    # without it, an admin's own launches are their own: there is no implicit "act as"
-    mine = await admin.http.post("/api/v1/instances", json={"template": "jupyterlab", "name": "ws", "hours": 1,
-                                                            "owner": "alice"})
-    assert mine.status_code == 422 and "owner" in mine.json()["fields"]
+    # without it, an admin's own launches are their own: no implicit "act as"; launching *for* alice is
+    # explicit (``owner``), audited, and her token is not involved
+    mine = await admin.http.post("/api/v1/instances", json={"template": "jupyterlab", "name": "ws2", "hours": 1})
+    assert mine.status_code == 201 and mine.json()["owner"] == "root"
+    for_her = await admin.http.post("/api/v1/instances", json={"template": "jupyterlab", "name": "ws3", "hours": 1,
+                                                               "owner": "alice"})
+    assert for_her.status_code == 201 and for_her.json()["owner"] == "alice"
+    events = (await admin.http.get("/api/v1/audit", params={"action": "instance.launch_for"})).json()["events"]
+    assert [(e["actor"], e["target"]) for e in events] == [("root", "alice/ws3")]
 
 
 async def test_groups_limit_templates_and_are_managed_by_admins(hub):

@@ -288,6 +288,7 @@ def _mount_the_rest(app: FastAPI, *, guards_installed: bool) -> None:
     app.include_router(users.audit_router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")
     app.include_router(quotas.router, prefix="/api/v1")
+    app.include_router(shares.shared_router, prefix="/api/v1")
     app.include_router(folders.router, prefix="/api/v1")
     app.include_router(cleanup.router, prefix="/api/v1")
     if app.state.hub.settings.mlaas4hep_routes:
@@ -335,7 +336,6 @@ def create_app(hub: Hub, *, lazy: bool = False) -> FastAPI:
     app.include_router(instances.router, prefix="/api/v1")
     app.include_router(extend.router, prefix="/api/v1")
     app.include_router(shares.router, prefix="/api/v1")
-    app.include_router(shares.shared_router, prefix="/api/v1")
     app.include_router(callhome.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(services.router, prefix="/api/v1")

@@ -11,14 +11,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from labhub.web.pages import admin, auth, folders, instances, launch, tokens
+from labhub.web.pages import admin, auth, folders, instances, launch, quotas, tokens
 from labhub.web.pages.common import WEB, AdminPage, PageUser, error_page, login_redirect, page_user, render
 
 __all__ = ["AdminPage", "PageUser", "error_page", "login_redirect", "mount", "page_user", "render"]
 
 
 def mount(app: FastAPI) -> None:
-    for module in (auth, instances, launch, folders, tokens, admin):
+    for module in (auth, instances, launch, folders, tokens, admin, quotas):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 

@@ -1,4 +1,5 @@
-"""Admin pages: users (search, pages, add, disable, admin role), every instance, the system."""
+"""Admin pages: users (search, pages, add, disable, admin role), every instance, the system (quotas and
+groups: :mod:`labhub.web.pages.quotas`)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from labhub import __version__
 from labhub.api.deps import HubDep, SessionDep, csrf_token, csrf_valid
 from labhub.hub import Hub
 from labhub.models import TERMINAL, User
+from labhub.services.admission import ordinal
 from labhub.services.errors import Forbidden
 from labhub.services.views import relative
 
@@ -158,5 +159,5 @@ def field_error(fields: dict[str, str] | None, key: str, dom_id: str) -> Markup:
 
 
 templates.env.filters.update(when=when, gib=gib, cpus=cpus)
-templates.env.globals.update(countdown=countdown, resources=resources, field_error=field_error,
+templates.env.globals.update(countdown=countdown, resources=resources, field_error=field_error, ordinal=ordinal,
                              terminal=frozenset(str(s) for s in TERMINAL))

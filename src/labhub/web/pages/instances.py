@@ -17,12 +17,13 @@ from labhub.api.deps import HubDep, SessionDep
 from labhub.catalog import Template
 from labhub.client import MODEL_SERVICE, MODEL_SUFFIXES, call_examples
 from labhub.hub import Hub
-from labhub.models import Event, Instance, Kind, Status, User
+from labhub.models import Event, Instance, Kind, Status, User, awaits_admission
+from labhub.services import admission, groups, origins, shares, users, views
 from labhub.services import extend as extend_svc
-from labhub.services import groups, origins, shares, users, views
 from labhub.services import instances as svc
 from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from labhub.services.instances import template_allowed
+from labhub.web.pages import quotas as quota_pages
 from labhub.web.pages.common import PageUser, Viewer, check_csrf, render, safe_next
 
 router = APIRouter(include_in_schema=False)
@@ -31,14 +32,32 @@ KEEPALIVE_S = 15.0
 
 
 @router.get("/")
-async def home(request: Request, user: PageUser, session: SessionDep) -> Response:
+async def home(request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
+    """The user's instances (a launch waiting for admission with its place in the queue), what is shared
+    with them, and their quota: each limit in force as usage against it."""
     # The newest event id before the rows: these reads are not one snapshot (SQLite), and an event
     # landing in between is then replayed to the page (harmless) instead of lost.
     after = await views.last_event_id(session)
     rows = await svc.list_instances(session, user=user, limit=200)
+    report = await quota_pages.report_of(session, hub, user)
     return render(request, "home.html", section="home", instances=rows, after=after,
+                  places=await _places(session, rows), quota=quota_pages.panel(report),
                   shared=await shares.shared_ids(session, [i.id for i in rows]),
                   shared_with_me=await shares.shared_with(session, user=user))
+
+
+async def _places(session: AsyncSession, rows: list[Instance]) -> dict[str, int]:
+    """The queue positions of those of ``rows`` waiting for admission (1 = next)."""
+    waiting = [i.id for i in rows if awaits_admission(i.status, i.handle)]
+    return await admission.positions(session, waiting) if waiting else {}
+
+
+def _waiting(inst: Instance, places: dict[str, int]) -> str:
+    """What a launch waiting for admission waits for, with its place ("...; you are 2nd in the queue");
+    empty for any other instance."""
+    if not awaits_admission(inst.status, inst.handle):
+        return ""
+    return admission.describe(inst.message or "waiting for admission", places.get(inst.id))
 
 
 async def _with_events(session: AsyncSession, user: User, instance_id: str) -> tuple[Instance, list[Event]]:
@@ -55,9 +74,11 @@ async def progress(instance_id: str, request: Request, user: PageUser, session: 
     """The launch's live progress; opens the workspace once it is ready."""
     inst, events = await _with_events(session, user, instance_id)
     failure = views.split_failure(inst.message) if inst.status == Status.FAILED else None
+    places = await _places(session, [inst])
     return render(request, "progress.html", section="home", inst=inst, events=events,
                   after=events[-1].id if events else 0, failure=failure,
-                  explanation=views.explain_end(inst, events=events))
+                  explanation=views.explain_end(inst, events=events), waiting=_waiting(inst, places),
+                  place=places.get(inst.id))
 
 
 @router.get("/instances/{instance_id}")
@@ -75,8 +96,10 @@ async def _details(request: Request, session: AsyncSession, hub: Hub, user: User
     deploy = await _deploy_choices(session, hub, user, inst, job, deploy_form) if job else None
     address = hub.instance_url(inst)
     service = _service_facts(hub, inst, address) if inst.kind == Kind.SERVICE else None
+    waiting = _waiting(inst, await _places(session, [inst]))
     return render(request, "instance.html", status=status, section="admin" if inst.owner_id != user.id else "home",
                   inst=inst, events=events, after=events[-1].id if events else 0, tpl=hub.catalog.get(inst.template),
+                  waiting=waiting,
                   explanation=views.explain_end(inst, events=events), address=address, job=job,
                   keep_days=hub.jobs.settings.artifact_days, deploy=deploy, deploy_fields=deploy_fields or {},
                   deploy_error=deploy_error, service=service, extend=_extend_facts(hub, inst),

@@ -13,11 +13,12 @@ from labhub.api.deps import HubDep, SessionDep
 from labhub.catalog import Template
 from labhub.client import MODEL_SUFFIXES
 from labhub.hub import Hub
-from labhub.models import TERMINAL, Instance, Kind, User
-from labhub.services import groups, views
+from labhub.models import ACTIVE, TERMINAL, Instance, Kind, User
+from labhub.services import groups, policy, quotas, views
 from labhub.services import instances as svc
-from labhub.services.errors import Forbidden, NotFound, ServiceError
+from labhub.services.errors import Conflict, Forbidden, NotFound, ServiceError
 from labhub.services.instances import template_allowed
+from labhub.web.pages import quotas as quota_pages
 from labhub.web.pages.common import PageUser, check_csrf, render, templates
 from labhub.web.pages.folders import size
 from labhub.web.pages.instances import duration, parse_replicas
@@ -76,9 +77,24 @@ async def catalog(request: Request, user: PageUser, session: SessionDep, hub: Hu
                   cards=_cards(hub, user, await groups.names_of(session, user)))
 
 
+async def _custom_limit(session: AsyncSession, hub: Hub, user: User, tpl: Template) -> policy.CustomMax | None:
+    """The largest custom size ``user`` may ask for of ``tpl`` (None: the presets only)."""
+    member_of = (await quotas.groups_of(session, [user.id]))[user.id]
+    return svc.custom_limit(tpl, policy.of_groups(member_of), hub.settings.sizes)
+
+
+async def _first_of(session: AsyncSession, user: User, tpl: Template) -> Instance | None:
+    """The user's active instance of ``tpl`` that single-instance mode names (to open it instead)."""
+    return (await session.execute(
+        select(Instance).where(Instance.owner_id == user.id, Instance.template == tpl.name,
+                               Instance.status.in_([s.value for s in ACTIVE]))
+        .order_by(Instance.created_at).limit(1))).scalar()
+
+
 async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: User, tpl: Template, *,
                      form: dict[str, Any], fields: dict[str, str] | None = None, error: str = "",
-                     status: int = 200) -> Response:
+                     status: int = 200, first: Instance | None = None) -> Response:
+    """The launch form (``first``: the instance that single-instance mode refused a second of)."""
     choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
     card = next(c for c in _cards(hub, user, await groups.names_of(session, user)) if c.template.name == tpl.name)
     backends = [b for b in (tpl.backends or list(hub.backends)) if b in hub.backends]
@@ -88,7 +104,7 @@ async def _form_page(request: Request, session: AsyncSession, hub: Hub, user: Us
     return render(request, "launch.html", status=status, section="launch", tpl=tpl, card=card, sizes=choices,
                   backends=backends, taken=taken, form=form, fields=fields or {}, error=error,
                   address=_address_pattern(hub, user.name), inputs=inputs, models=models,
-                  idle=_idle_text(tpl))
+                  idle=_idle_text(tpl), custom_max=await _custom_limit(session, hub, user, tpl), first=first)
 
 
 async def _folder_choices(session: AsyncSession, hub: Hub, user: User) -> list[dict[str, str]]:
@@ -154,6 +170,7 @@ async def launch_form(template: str, request: Request, user: PageUser, session: 
                             "hours": f"{tpl.hours.default:g}", "backend": "", "params": {}, "input": input,
                             "public": False, "sleep": tpl.service is not None and tpl.service.min_replicas == 0,
                             "replicas": "1"}
+    form["custom"] = _custom_default(hub, form["size"])
     if again:
         old = await svc.get_instance(session, user=user, instance_id=again)
         if old.template == tpl.name:
@@ -161,7 +178,28 @@ async def launch_form(template: str, request: Request, user: PageUser, session: 
                         hours=f"{old.hours:g}", backend=old.backend, params=dict(old.params or {}),
                         input=input or old.input_folder or "", public=bool(old.public),
                         sleep=old.min_replicas == 0, replicas=str(old.replicas or 1))
+            if old.size == svc.CUSTOM:
+                form["custom"] = {k: f"{v:g}" for k, v in svc.size_of(old).items()}
     return await _form_page(request, session, hub, user, tpl, form=form)
+
+
+CUSTOM_FIELDS = {"custom.cpus": "cpus", "custom.memory_mb": "memory_mb", "custom.gpus": "gpus"}
+
+
+def _custom_default(hub: Hub, size: str) -> dict[str, str]:
+    """The custom size fields as the form first fills them: the default preset's."""
+    preset = hub.settings.sizes.get(size)
+    if preset is None:
+        return {"cpus": "", "memory_mb": "", "gpus": "0"}
+    return {"cpus": f"{preset.cpus:g}", "memory_mb": str(preset.memory_mb), "gpus": str(preset.gpus)}
+
+
+def _parse_custom(raw: dict[str, str], fields: dict[str, str]) -> dict[str, Any]:
+    """The custom size fields as numbers (a blank one left out: the service says it is required);
+    one that is not a number is a field error (``custom.cpus``, ...)."""
+    values, errors = quota_pages.parse_numbers(raw, CUSTOM_FIELDS)
+    fields.update({f"custom.{k}": v for k, v in errors.items()})
+    return values
 
 
 def _parse_hours(raw: str) -> tuple[float | None, str | None]:
@@ -188,7 +226,8 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
     form = {"name": name, "size": raw.get("size", ""), "hours": raw.get("hours", ""),
             "backend": raw.get("backend", ""), "params": {p.name: raw.get(f"param.{p.name}") for p in tpl.params},
             "input": raw.get("input", ""), "public": "public" in raw, "sleep": "sleep_when_idle" in raw,
-            "replicas": raw.get("replicas", "")}
+            "replicas": raw.get("replicas", ""), "custom": {k: raw.get(n, "") for n, k in CUSTOM_FIELDS.items()}}
+    custom = _parse_custom(raw, fields) if form["size"] == svc.CUSTOM else None
     service = tpl.kind == "service"  # whether it is public, may sleep, and its replicas are a service's choices
     replicas, replicas_error = parse_replicas(form["replicas"]) if service else (None, None)
     if replicas_error:
@@ -203,8 +242,12 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
                                 hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock(),
                                 groups=member_of, input=(raw.get("input") or None) if tpl.input != "none" else None,
                                 public=form["public"] if service else None,
-                                min_replicas=(0 if form["sleep"] else 1) if service else None, replicas=replicas)
+                                min_replicas=(0 if form["sleep"] else 1) if service else None, replicas=replicas,
+                                custom=custom)
     except ServiceError as exc:
+        if isinstance(exc, Conflict) and "template" in exc.fields:  # single-instance mode: open the first instead
+            return await _form_page(request, session, hub, user, tpl, form=form, status=exc.status,
+                                    error=_sentence(exc.message), first=await _first_of(session, user, tpl))
         return await _form_page(request, session, hub, user, tpl, form=form, fields=exc.fields, status=exc.status,
                                 error=_sentence(exc.message) if not exc.fields else "Some fields need a change.")
     await session.commit()

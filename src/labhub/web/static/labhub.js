@@ -165,6 +165,8 @@
       if (el && el.textContent === ev.status) { return; }
       setBadge(el, ev.status);
       setActions(row, ev.status);
+      var place = row.querySelector("[data-queue]");  // its place in the admission queue, while it waits
+      if (place && ev.status !== "queued") { place.remove(); }
       if (TERMINAL.indexOf(ev.status) >= 0) {
         var expires = row.querySelector('[data-label="Expires"]');
         if (expires) { expires.innerHTML = '<span class="muted">ended</span>'; }
@@ -186,6 +188,8 @@
       status = ev.status;
       setBadge(document.getElementById("status"), status);
       setActions(head, status);
+      var waiting = document.getElementById("queue-notice");  // its place in the admission queue
+      if (waiting && status !== "queued") { waiting.hidden = true; }
       announce("Status: " + status);
       if (TERMINAL.indexOf(status) >= 0) {
         source.close();

@@ -61,6 +61,13 @@
 
   var params = Array.prototype.slice.call(form.querySelectorAll('[name^="param."]'))
     .filter(function (el) { return el.type !== "checkbox"; });
+  // A custom size: its fields show (and are checked) only while "Custom" is chosen.
+  var customBox = document.getElementById("custom-size"), customRadio = document.getElementById("size-custom");
+  var customInputs = customBox ? Array.prototype.slice.call(customBox.querySelectorAll("input")) : [];
+  function showCustom() { if (customBox) { customBox.hidden = !customRadio.checked; } }
+  form.querySelectorAll('input[name="size"]').forEach(function (el) { el.addEventListener("change", showCustom); });
+  customInputs.forEach(function (el) { el.addEventListener("input", function () { checkParam(el); }); });
+  showCustom();
   nameInput.addEventListener("input", checkName);
   hoursInput.addEventListener("input", checkHours);
   params.forEach(function (el) { el.addEventListener("input", function () { checkParam(el); }); });
@@ -74,6 +81,7 @@
     if (inputSelect) { fields.push([inputSelect, checkInput()]); }
     fields.push([hoursInput, checkHours()]);
     params.forEach(function (el) { fields.push([el, checkParam(el)]); });
+    if (customRadio && customRadio.checked) { customInputs.forEach(function (el) { fields.push([el, checkParam(el)]); }); }
     var firstBad = fields.filter(function (f) { return !f[1]; })[0];
     if (firstBad) {
       e.preventDefault();

@@ -1,4 +1,5 @@
-// The progress page: streams the instance's events and opens it once it is ready.
+// The progress page: streams the instance's events and opens it once it is ready; while it waits for
+// admission, its place in the queue.
 (function () {
   "use strict";
   var box = document.getElementById("progress");
@@ -10,6 +11,8 @@
   var started = box.dataset.started ? new Date(box.dataset.started) : new Date();
   var reached = STEP[status] === undefined ? 2 : STEP[status];  // the furthest step, where a failure shows
   var timer = null;
+  var queue = document.getElementById("queue"), waitTimer = null;
+  var PLACE_POLL_MS = 3000;
 
   function setSteps(current, failed) {
     var idx = failed ? Math.min(reached, 2) : STEP[current];
@@ -65,6 +68,40 @@
     }
   }
 
+  function ordinal(n) {
+    var suffix = n % 100 >= 10 && n % 100 <= 20 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" })[n % 10] || "th";
+    return n + suffix;
+  }
+
+  // A launch waiting for admission: its place and what it waits for, as the API says (the place moves
+  // without an event of its own, when a launch ahead of it starts or leaves the queue).
+  function showWaiting(inst) {
+    if (status !== "queued") { return; }  // an answer that crossed the event that moved it on
+    if (inst.status !== "queued" || !inst.queue_position) { endWaiting(); return; }
+    var place = document.getElementById("queue-place");
+    var text = "You are " + ordinal(inst.queue_position) + " in the queue";
+    if (place.textContent !== text) { place.textContent = text; }
+    if (inst.message) { document.getElementById("now-text").textContent = inst.message; }
+    queue.hidden = false;
+  }
+
+  function refreshPlace() {
+    fetch("/api/v1/instances/" + id, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (inst) { if (inst) { showWaiting(inst); } })
+      .catch(function () { /* the next poll tries again */ });
+  }
+
+  function startWaiting() {
+    refreshPlace();
+    if (!waitTimer) { waitTimer = window.setInterval(refreshPlace, PLACE_POLL_MS); }
+  }
+
+  function endWaiting() {
+    queue.hidden = true;
+    if (waitTimer) { window.clearInterval(waitTimer); waitTimer = null; }
+  }
+
   function onEvent(ev) {
     document.getElementById("events").appendChild(L.eventItem(ev));
     var prev = status;
@@ -73,6 +110,7 @@
     L.setBadge(document.getElementById("status"), status);
     document.getElementById("now-text").textContent = (ev.message || "").split(L.LOG_MARKER)[0].split("\n")[0];
     setSteps(status, status === "failed");
+    if (status === "queued" && ev.reason === "admission") { startWaiting(); } else if (status !== "queued") { endWaiting(); }
     if (status === "running") {
       stopSpinner();
       ready(prev !== "running");
@@ -86,6 +124,7 @@
 
   if (L.TERMINAL.indexOf(status) >= 0) { return; }
   if (status !== "running") { tick(); timer = window.setInterval(tick, 1000); }
+  if (box.dataset.waiting) { waitTimer = window.setInterval(refreshPlace, PLACE_POLL_MS); }
   var source = new EventSource("/api/v1/instances/" + id + "/events?after=" + box.dataset.after);
   source.addEventListener("status", function (msg) { onEvent(JSON.parse(msg.data)); });
   source.addEventListener("end", function () { source.close(); });
