@@ -136,3 +136,54 @@ async def test_banner_inside_the_warning_window(hub):
     page = (await alice.get(f"/instances/{full}")).text
     assert 'id="expiry-warning"' in page and "It has its most time already (2 h): save your work." in page
     assert 'id="extend-form"' not in page
+
+
+async def test_restart_with_a_new_size_from_the_instance_page(hub):
+    alice = await browser_login(hub, "alice")
+    old = await running(hub, alice, 1)
+    page = (await alice.get(f"/instances/{old}")).text
+    assert 'id="resize-form"' in page and '<option value="medium">' in page
+    assert '<option value="small">' not in page  # its own size is not offered
+    forged = await alice.post(f"/instances/{old}/restart", data={"size": "medium"})
+    assert forged.status_code == 403
+    bad = await alice.post(f"/instances/{old}/restart", data={"csrf_token": alice.csrf, "size": "huge"})
+    assert bad.status_code == 422
+    assert re.search(r'id="resize-size-error">must be one of: [^<]*medium', bad.text)
+    assert (await hub.wait_status(hub.ops, old, {"running"}))["name"] == "ws1"  # the refusal changed nothing
+    bob = await browser_login(hub, "bob")
+    assert (await bob.post(f"/instances/{old}/restart", data={"csrf_token": bob.csrf, "size": "medium"})
+            ).status_code == 403
+    done = await alice.post(f"/instances/{old}/restart", data={"csrf_token": alice.csrf, "size": "medium"})
+    assert done.status_code == 303
+    new = done.headers["location"].split("/")[2]
+    assert new != old
+    running_new = await hub.wait_status(hub.ops, new, {"running"})
+    assert running_new["name"] == "ws1" and running_new["size"] == "medium"
+    assert (await hub.wait_status(hub.ops, old, {"stopped"}))["reason"] == "restart"
+    assert 'id="resize-form"' not in (await alice.get(f"/instances/{old}")).text  # ended: nothing to restart
+
+
+async def test_an_admin_launches_for_a_user_from_the_pages(hub):
+    root = await browser_login(hub, "root", admin=True)
+    alice = await browser_login(hub, "alice")
+    users_page = (await root.get("/admin/users")).text
+    assert 'href="/launch?for=alice"' in users_page
+    assert 'href="/launch/jupyterlab?for=alice"' in (await root.get("/launch?for=alice")).text
+    form = (await root.get("/launch/jupyterlab?for=alice")).text
+    assert 'id="owner" name="owner" value="alice"' in form
+    assert 'id="owner"' not in (await alice.get("/launch/jupyterlab?for=root")).text  # admins only
+
+    nobody = await root.post("/launch/jupyterlab", data={"csrf_token": root.csrf, "name": "x", "size": "small",
+                                                          "hours": "1", "owner": "nobody"})
+    assert nobody.status_code == 422 and "no user named &#39;nobody&#39;" in nobody.text
+    made = await root.post("/launch/jupyterlab", data={"csrf_token": root.csrf, "name": "for-alice",
+                                                        "size": "small", "hours": "1", "owner": "alice"})
+    assert made.status_code == 303, made.text
+    iid = made.headers["location"].split("/")[2]
+    ops = await hub.user("ops2", admin=True)
+    assert (await hub.wait_status(ops, iid, {"running"}))["owner"] == "alice"
+    # alice's own "owner" field is ignored: her launch is hers
+    hers = await alice.post("/launch/jupyterlab", data={"csrf_token": alice.csrf, "name": "mine", "size": "small",
+                                                         "hours": "1", "owner": "root"})
+    assert hers.status_code == 303
+    assert (await hub.wait_status(ops, hers.headers["location"].split("/")[2], {"running"}))["owner"] == "alice"

@@ -19,7 +19,7 @@ from labhub.catalog import Catalog, Template
 from labhub.catalog.schema import NAME_RE
 from labhub.models import ACTIVE, TERMINAL, AuditEvent, Event, Folder, Instance, Kind, Status, User, utcnow
 from labhub.services import admission, policy, quotas
-from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound
+from labhub.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from labhub.services.lifecycle import can_transition, note, record_event, transition
 from labhub.settings import QuotaSettings, Size
 
@@ -449,11 +449,16 @@ async def restart_resized(session: AsyncSession, *, user: User, instance_id: str
     old.active_name = None  # the name passes to the new instance (unique among active ones)
     await session.flush()
     service = old.kind == Kind.SERVICE
-    new = await launch(session, user=owner, actor=user, catalog=catalog, sizes=sizes, backends=backends,
-                       template=old.template, name=old.name, size=size, hours=old.hours, params=dict(old.params or {}),
-                       backend=old.backend, groups=names, input=old.input_folder, custom=custom, quota=quota, now=now,
-                       public=bool(old.public) if service else None, min_replicas=old.min_replicas if service else None,
-                       replicas=old.replicas if service else None)
+    try:
+        new = await launch(session, user=owner, actor=user, catalog=catalog, sizes=sizes, backends=backends,
+                           template=old.template, name=old.name, size=size, hours=old.hours,
+                           params=dict(old.params or {}), backend=old.backend, groups=names, input=old.input_folder,
+                           custom=custom, quota=quota, now=now, public=bool(old.public) if service else None,
+                           min_replicas=old.min_replicas if service else None,
+                           replicas=old.replicas if service else None)
+    except ServiceError:  # refused before anything new was added: the old one keeps its name
+        old.active_name = old.name
+        raise
     request_stop(session, old, actor=None, reason="restart",
                  why=f"restarted with size {size} as a new instance ({new.id})")
     return new

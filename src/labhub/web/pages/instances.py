@@ -17,7 +17,7 @@ from labhub.api.deps import HubDep, SessionDep
 from labhub.catalog import Template
 from labhub.client import MODEL_SERVICE, MODEL_SUFFIXES, call_examples
 from labhub.hub import Hub
-from labhub.models import Event, Instance, Kind, Status, User, awaits_admission
+from labhub.models import TERMINAL, Event, Instance, Kind, Status, User, awaits_admission
 from labhub.services import admission, groups, origins, shares, users, views
 from labhub.services import extend as extend_svc
 from labhub.services import instances as svc
@@ -89,7 +89,7 @@ async def details(instance_id: str, request: Request, user: PageUser, session: S
 async def _details(request: Request, session: AsyncSession, hub: Hub, user: User, instance_id: str, *,
                    deploy_form: dict[str, Any] | None = None, deploy_fields: dict[str, str] | None = None,
                    deploy_error: str = "", extend_error: str = "", share_error: dict[str, str] | None = None,
-                   status: int = 200) -> Response:
+                   resize_error: str = "", status: int = 200) -> Response:
     """An instance's page; a job's offers to deploy its models, a service's shows how to call it."""
     inst, events = await _with_events(session, user, instance_id)
     job = await _job_facts(session, hub, user, inst) if inst.kind == Kind.JOB else None
@@ -103,7 +103,33 @@ async def _details(request: Request, session: AsyncSession, hub: Hub, user: User
                   explanation=views.explain_end(inst, events=events), address=address, job=job,
                   keep_days=hub.jobs.settings.artifact_days, deploy=deploy, deploy_fields=deploy_fields or {},
                   deploy_error=deploy_error, service=service, extend=_extend_facts(hub, inst),
-                  extend_error=extend_error, sharing=await _sharing_facts(session, hub, user, inst, share_error))
+                  extend_error=extend_error, sharing=await _sharing_facts(session, hub, user, inst, share_error),
+                  resize=_resize_choices(hub, inst), resize_error=resize_error)
+
+
+def _resize_choices(hub: Hub, inst: Instance) -> list[str]:
+    """The preset sizes "Restart with a new size" offers (none for jobs, or once it stops or has ended)."""
+    tpl = hub.catalog.get(inst.template)
+    if tpl is None or inst.kind == Kind.JOB or inst.status == Status.STOPPING or inst.status in TERMINAL:
+        return []
+    return [s for s in (tpl.sizes or list(hub.settings.sizes)) if s in hub.settings.sizes and s != inst.size]
+
+
+@router.post("/instances/{instance_id}/restart")
+async def restart(instance_id: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                  csrf_token: Annotated[str, Form()] = "", size: Annotated[str, Form()] = "") -> Response:
+    """The Resources row's "Restart with a new size": the instance stops and is launched again under its
+    name (its owner's or an admin's); the new one's page follows, a refusal is shown next to the form."""
+    check_csrf(request, csrf_token)
+    try:
+        new = await svc.restart_resized(session, user=user, instance_id=instance_id, size=size, custom=None,
+                                        catalog=hub.catalog, sizes=hub.settings.sizes, backends=hub.backends,
+                                        quota=hub.settings.quota, now=hub.clock())
+    except (Invalid, Conflict) as exc:  # (the instance is as it was)
+        return await _details(request, session, hub, user, instance_id, status=exc.status,
+                              resize_error=next(iter(exc.fields.values()), exc.message))
+    await session.commit()
+    return RedirectResponse(f"/instances/{new.id}", status_code=303)
 
 
 ARTIFACTS_SHOWN = 500  # a job's page lists this many artifacts at most (the tar.gz has all)

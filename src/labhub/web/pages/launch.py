@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +14,7 @@ from labhub.catalog import Template
 from labhub.client import MODEL_SUFFIXES
 from labhub.hub import Hub
 from labhub.models import ACTIVE, TERMINAL, Instance, Kind, User
-from labhub.services import groups, policy, quotas, views
+from labhub.services import groups, policy, quotas, users, views
 from labhub.services import instances as svc
 from labhub.services.errors import Conflict, Forbidden, NotFound, ServiceError
 from labhub.services.instances import template_allowed
@@ -72,8 +72,10 @@ def _template(hub: Hub, user: User, name: str, groups: set[str]) -> Template:
 
 
 @router.get("/launch")
-async def catalog(request: Request, user: PageUser, session: SessionDep, hub: HubDep) -> Response:
-    return render(request, "catalog.html", section="launch",
+async def catalog(request: Request, user: PageUser, session: SessionDep, hub: HubDep,
+                  for_user: Annotated[str, Query(alias="for", max_length=63)] = "") -> Response:
+    """The templates; ``?for=NAME`` (admins): the launch will be NAME's (the admin users page links here)."""
+    return render(request, "catalog.html", section="launch", for_user=for_user if user.is_admin else "",
                   cards=_cards(hub, user, await groups.names_of(session, user)))
 
 
@@ -160,16 +162,17 @@ def _address_pattern(hub: Hub, owner: str) -> tuple[str, str]:
 
 @router.get("/launch/{template}")
 async def launch_form(template: str, request: Request, user: PageUser, session: SessionDep, hub: HubDep,
-                      again: str = "", input: str = "") -> Response:  # noqa: A002 - the API's field name
+                      again: str = "", input: str = "",  # noqa: A002 - the API's field name
+                      for_user: Annotated[str, Query(alias="for", max_length=63)] = "") -> Response:
     """The form; ``?again=<instance id>`` fills it from an earlier launch, ``?input=<folder>`` chooses
-    a job's input folder."""
+    a job's input folder, ``?for=NAME`` (admins) makes it NAME's."""
     tpl = _template(hub, user, template, await groups.names_of(session, user))
     choices = views.size_choices(tpl, sizes=hub.settings.sizes, backends=hub.backends)
     taken = await views.active_names(session, user=user)
     form: dict[str, Any] = {"name": views.suggest_name(tpl.name, taken), "size": views.default_size(tpl, choices),
                             "hours": f"{tpl.hours.default:g}", "backend": "", "params": {}, "input": input,
                             "public": False, "sleep": tpl.service is not None and tpl.service.min_replicas == 0,
-                            "replicas": "1"}
+                            "replicas": "1", "owner": for_user if user.is_admin else ""}
     form["custom"] = _custom_default(hub, form["size"])
     if again:
         old = await svc.get_instance(session, user=user, instance_id=again)
@@ -226,7 +229,15 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
     form = {"name": name, "size": raw.get("size", ""), "hours": raw.get("hours", ""),
             "backend": raw.get("backend", ""), "params": {p.name: raw.get(f"param.{p.name}") for p in tpl.params},
             "input": raw.get("input", ""), "public": "public" in raw, "sleep": "sleep_when_idle" in raw,
-            "replicas": raw.get("replicas", ""), "custom": {k: raw.get(n, "") for n, k in CUSTOM_FIELDS.items()}}
+            "replicas": raw.get("replicas", ""), "custom": {k: raw.get(n, "") for n, k in CUSTOM_FIELDS.items()},
+            "owner": raw.get("owner", "").strip() if user.is_admin else ""}
+    owner = user
+    if form["owner"] and form["owner"] != user.name:  # an admin launching for someone (theirs, on their quota)
+        found = await users.get_user(session, name=form["owner"])
+        if found is None:
+            fields["owner"] = f"no user named {form['owner']!r}"
+        else:
+            owner, member_of = found, await groups.names_of(session, found)
     custom = _parse_custom(raw, fields) if form["size"] == svc.CUSTOM else None
     service = tpl.kind == "service"  # whether it is public, may sleep, and its replicas are a service's choices
     replicas, replicas_error = parse_replicas(form["replicas"]) if service else (None, None)
@@ -236,7 +247,7 @@ async def launch(template: str, request: Request, user: PageUser, session: Sessi
         return await _form_page(request, session, hub, user, tpl, form=form, fields=fields, status=422,
                                 error="Some fields need a change.")
     try:
-        inst = await svc.launch(session, user=user, catalog=hub.catalog, sizes=hub.settings.sizes,
+        inst = await svc.launch(session, user=owner, actor=user, catalog=hub.catalog, sizes=hub.settings.sizes,
                                 quota=hub.settings.quota, backends=hub.backends, template=tpl.name, name=name,
                                 size=raw.get("size") or None,
                                 hours=hours, params=params, backend=raw.get("backend") or None, now=hub.clock(),
