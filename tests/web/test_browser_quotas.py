@@ -164,3 +164,30 @@ async def test_a_groups_policy_offers_a_custom_size_and_one_instance_at_a_time(h
 
     for user in browser.users:
         assert user.errors(statuses=(409, 422)) == [], user.errors(statuses=(409, 422))
+
+
+async def test_extend_and_restart_with_a_new_size_from_the_instance_page(hub, browser):
+    await hub.user("alice", password=PASSWORD)
+    web = await browser.user(hub.url)
+    page = await web.login("alice")
+    iid = await launch(page, hub.url, "ws1")
+    await page.wait_for_url(re.compile(r"^http://ws1--alice\.localhost:\d+/"), timeout=30_000)
+    await page.goto(f"{hub.url}/instances/{iid}")
+    await expect(page.locator("#expires")).to_contain_text("(4 h chosen, at most 24 h)")
+    await page.get_by_label("Extend by").fill("2")
+    await page.get_by_role("button", name="Extend").click()
+    await expect(page.locator("#expires")).to_contain_text("(6 h chosen, at most 24 h)")
+    await page.get_by_label("Extend by").fill("30")
+    await page.get_by_role("button", name="Extend").click()  # past the maximum: the browser's own check first
+    await expect(page.locator("#expires")).to_contain_text("(6 h chosen")
+
+    await page.get_by_label("Restart with size").select_option("medium")
+    await page.get_by_role("button", name="Restart").click()
+    await expect(page).to_have_url(re.compile(r"/instances/[0-9a-f]{32}$"))
+    new_id = page.url.rsplit("/", 1)[1]
+    assert new_id != iid
+    await expect(page.locator("#resources")).to_contain_text("medium: 2 CPUs")
+    await audit(page)
+    await page.goto(f"{hub.url}/instances/{iid}")
+    await expect(page.locator("#events")).to_contain_text("restarted with size medium as a new instance")
+    assert [(e.url, e.text) for e in web.errors()] == []
