@@ -196,6 +196,8 @@ async def test_a_gpu_that_disappears_makes_its_instance_unknown_not_failed(local
     found = [Gpu(0, found_by="nvml"), Gpu(1, found_by="nvml")]
     backend = LocalBackend(state_dir=local_state_dir / "lost", hub_id="lost-hub", clock=lambda: now[0],
                            gpu_inventory=lambda: list(found))
+    assert backend.describe_capacity().startswith("2 GPU(s), each to one instance at a time (found by nvml); "
+                                                  "CPUs not limited (this machine has ")
     try:
         a = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))
         b = await backend.submit(make_spec([local_py, "-c", SLEEP], owner=local_owner, gpus=1))

@@ -245,6 +245,7 @@ async def test_admin_disables_a_user_and_their_instances_stop(hub):
     assert added.status_code == 422 and {"new-username", "new-password"} <= set(field_errors(added.text))
     system = await root.get("/admin/system")
     assert "healthy" in system.text and "fake" in system.text
+    assert "not limited by LabHub (the backend queues by itself)" in system.text  # the fake backend's capacity
     listing = await root.get("/admin/instances", params={"owner": "alice", "status": "stopped"})
     assert f'data-instance="{instance_id}"' in listing.text
     assert (await root.get("/admin/instances", params={"status": "bogus"})).status_code == 422

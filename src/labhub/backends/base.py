@@ -142,6 +142,10 @@ class Backend(abc.ABC):
         """One line saying how instances are isolated (shown to admins)."""
         return "none"
 
+    def describe_capacity(self) -> str:
+        """One line saying what the admission queue may hand out here (shown to admins)."""
+        return "not limited by LabHub (the backend queues by itself)"
+
     def capacity(self) -> Capacity:
         """What LabHub's admission queue may hand out on this backend at once; the default limits
         nothing (a batch system such as Slurm queues by itself and says why)."""

@@ -291,6 +291,7 @@ class BackendHealth:
     message: str
     capabilities: list[str]
     isolation: str
+    capacity: str = ""  # what the admission queue may hand out there
 
 
 async def backend_health(backends: Mapping[str, Backend], *, limit_s: float = 5.0) -> list[BackendHealth]:
@@ -306,7 +307,7 @@ async def backend_health(backends: Mapping[str, Backend], *, limit_s: float = 5.
             ok, message = False, str(exc) or type(exc).__name__
         return BackendHealth(name=backend.name, ok=ok, message=message,
                              capabilities=sorted(str(c) for c in backend.capabilities),
-                             isolation=backend.describe_isolation())
+                             isolation=backend.describe_isolation(), capacity=backend.describe_capacity())
 
     return list(await asyncio.gather(*(one(b) for b in backends.values())))
 
