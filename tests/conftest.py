@@ -265,14 +265,28 @@ async def echo_upstream() -> AsyncIterator[EchoUpstream]:
     await upstream.close()
 
 
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A temporary directory other accounts can traverse (pytest's own is 0700),
-    so the local backend can run instances as per-user accounts."""
+@pytest.fixture(scope="session")
+def _shared_tmp_dirs() -> Iterator[list[Path]]:
+    """The directories ``shared_tmp`` made, removed when the session ends."""
     import shutil
+
+    made: list[Path] = []
+    yield made
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp(_shared_tmp_dirs: list[Path]) -> Path:
+    """A temporary directory other accounts can traverse (pytest's own is 0700),
+    so the local backend can run instances as per-user accounts.
+
+    Removed at the end of the session, not of the test: a test's hub fixture (``start_hub``), torn
+    down after this one when it was asked for first, still needs its instances' records there to end
+    what they left running."""
     import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="labhub-test-"))
     path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    _shared_tmp_dirs.append(path)
+    return path
