@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from labhub.auth import audit
@@ -200,6 +200,10 @@ async def delete_user(session: AsyncSession, *, actor: User, name: str, address:
                 transition(session, inst, Status.STOPPING, reason="user_deleted",
                            message=f"stop requested: the account {name} is being deleted by admin {actor.name}")
         return Deletion(name=name, deleted=False, stopping=[i.id for i in active])
-    await session.delete(user)
-    audit.record(session, actor=actor, action="user.delete", target=name, address=address)
+    # A plain DELETE (the database cascades the rest): a deletion finished at the same moment elsewhere
+    # (another request, the reconciler on any replica) deleted the row already, and that is success.
+    gone = await session.execute(delete(User).where(User.id == user.id).execution_options(synchronize_session=False))
+    session.expunge(user)
+    if gone.rowcount:
+        audit.record(session, actor=actor, action="user.delete", target=name, address=address)
     return Deletion(name=name, deleted=True)
