@@ -754,11 +754,19 @@ class Reconciler:
         self._spawn(ADMISSION, decide())
 
     async def admit(self) -> None:
-        """Let through what fits of the admission queue, and start it."""
-        try:
+        """Let through what fits of the admission queue, and start it.
+
+        The decision's transaction (it holds the admission lock: on SQLite, the write lock) is shielded
+        from cancellation: a stop cancelling it halfway could leave its connection in the transaction,
+        and every writer after it waiting."""
+
+        async def decide() -> list[str]:
             async with self._tx() as session:
-                admitted = await admission.run(session, backends=self.parts.backends,
-                                               site=self.parts.settings.quota, now=self.parts.clock())
+                return await admission.run(session, backends=self.parts.backends, site=self.parts.settings.quota,
+                                           now=self.parts.clock())
+
+        try:
+            admitted = await asyncio.shield(decide())
         except StaleDataError:  # a queued instance was stopped meanwhile: the next pass decides again
             self._wake.set()
             return

@@ -163,10 +163,13 @@ def refusal(ask: Ask, *, limits: Limits, usage: Usage, capacity: Capacity, hours
 
 async def lock(session: AsyncSession | AsyncConnection) -> None:
     """Take the admission lock until the transaction ends (one row's update; created if missing)."""
-    done = await session.execute(update(AdmissionLock).where(AdmissionLock.id == 1)
-                                 .values(generation=AdmissionLock.generation + 1))
+    conn = await session.connection() if isinstance(session, AsyncSession) else session
+    done = await conn.execute(LOCK)
     if done.rowcount == 0:
-        await session.execute(AdmissionLock.__table__.insert().values(id=1, generation=1))
+        await conn.execute(AdmissionLock.__table__.insert().values(id=1, generation=1))
+
+
+LOCK = update(AdmissionLock).where(AdmissionLock.id == 1).values(generation=AdmissionLock.generation + 1)
 
 
 def ask_of(instance: Instance) -> Ask:
@@ -195,7 +198,8 @@ async def situation(session: AsyncSession, *, backends: Mapping[str, Backend], s
                     now: dt.datetime, owners: Iterable[int] = ()) -> Situation:
     """Read the queue and what its owners (and ``owners``) hold, under :func:`lock` (columns, not ORM
     objects: a decision reads the whole queue and changes few of its rows)."""
-    rows = (await session.execute(
+    conn = await session.connection()  # Core statements: what a decision reads needs no ORM objects
+    rows = (await conn.execute(
         select(*QUEUE_COLUMNS).where(Instance.status == Status.QUEUED, Instance.handle.is_(None))
         .order_by(Instance.priority.desc(), Instance.created_at, Instance.id).limit(MAX_CONSIDERED))).all()
     queued = [Ask(*row[:9]) for row in rows]
@@ -203,7 +207,7 @@ async def situation(session: AsyncSession, *, backends: Mapping[str, Backend], s
     owners = {a.owner_id for a in queued} | set(owners)
     own: dict[int, Any] = {}
     groups: dict[int, list[tuple[str, Any]]] = {}
-    found = await session.execute(  # each owner's quota and their groups' (one query)
+    found = await conn.execute(  # each owner's quota and their groups' (one query)
         select(User.id, User.quota, Group.name, Group.quota).outerjoin(Membership, Membership.user_id == User.id)
         .outerjoin(Group, Group.id == Membership.group_id).where(User.id.in_(owners)).order_by(Group.name))
     for user_id, quota, group, group_quota in found:
@@ -211,12 +215,12 @@ async def situation(session: AsyncSession, *, backends: Mapping[str, Backend], s
         if group is not None:
             groups.setdefault(user_id, []).append((group, group_quota))
     limits = {o: quotas.effective(site, own[o], groups.get(o, [])) for o in owners if o in own}
-    usage = await quotas.usage_of(session, owners, now=now, period=site.period,
+    usage = await quotas.usage_of(conn, owners, now=now, period=site.period,
                                   hours=any(lim.counts_hours for lim in limits.values()))
     held: dict[str, Usage] = {}
     limited = [name for name, b in backends.items() if b.capacity() != Capacity()]
     if limited:
-        found = await session.execute(
+        found = await conn.execute(
             select(Instance.backend, Instance.status, Instance.handle, Instance.cpus, Instance.memory_mb,
                    Instance.gpus).where(Instance.backend.in_(limited), Instance.status.in_(ACTIVE_VALUES)))
         for backend, status, handle, cpus, memory_mb, gpus in found:

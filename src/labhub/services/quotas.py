@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from labhub.auth import audit
 from labhub.models import ACTIVE, Folder, Group, Instance, Membership, Status, User
@@ -146,8 +146,8 @@ def holds(status: str) -> bool:
     return status != Status.SLEEPING
 
 
-async def usage_of(session: AsyncSession, owner_ids: Iterable[int], *, now: dt.datetime, period: str,
-                   hours: bool = True) -> dict[int, Usage]:
+async def usage_of(session: AsyncSession | AsyncConnection, owner_ids: Iterable[int], *, now: dt.datetime,
+                   period: str, hours: bool = True) -> dict[int, Usage]:
     """Each owner's :class:`Usage` (``hours=False`` skips the period's hours: one query fewer)."""
     ids = sorted(set(owner_ids))
     usage = {i: Usage() for i in ids}
