@@ -183,6 +183,7 @@ EXPECTATIONS: dict[tuple[str, str], Rule] = {
     ("POST", "/instances/{instance_id}/delete"): OWNER,
     ("POST", "/instances/{instance_id}/retry"): OWNER_ONLY,
     ("POST", "/instances/{instance_id}/extend"): rule("user", "admin", ok=(409,)),  # (a fresh ended one)
+    ("POST", "/instances/{instance_id}/restart"): rule("user", "admin", other=(403,), ok=(409, 422)),
     ("GET", "/live/instances"): USER,
     ("GET", "/launch"): USER,
     ("GET", "/launch/{template}"): USER,
@@ -242,6 +243,7 @@ FORM_BODIES = {
     ("POST", "/signup"): {"username": "s{n}", "email": "s{n}@lab.example", "password": "password {n}"},
     ("POST", "/launch/{template}"): {"name": "p{n}", "hours": "1"},
     ("POST", "/instances/{instance_id}/extend"): {"hours": "1"},
+    ("POST", "/instances/{instance_id}/restart"): {"size": "no-such-size"},
     ("POST", "/tokens"): {"note": "matrix"},
     ("POST", "/folders/{name}/remove"): {"path": "a.txt"},
     ("POST", "/admin/users"): {"username": "a{n}", "password": "password {n}"},
