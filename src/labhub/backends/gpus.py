@@ -104,3 +104,16 @@ def _dev(dev: Path) -> list[Gpu]:
         return []
     indices = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"nvidia([0-9]+)", n)))
     return [Gpu(index=i, found_by="dev") for i in indices]
+
+
+def describe_capacity(gpus: list[Gpu], *, cpus: float | None, memory_mb: int | None, machine_cpus: int | None,
+                      machine_memory_mb: int | None) -> str:
+    """One line for admins: the GPUs handed out, and the CPU and memory limits (``None``: not limited) (pure)."""
+    names = sorted({g.name for g in gpus if g.name})
+    found = ", ".join(sorted({g.found_by for g in gpus}))
+    detail = "; ".join([*([", ".join(names)] if names else []), f"found by {found}"])
+    gpu_text = f"{len(gpus)} GPU(s), each to one instance at a time ({detail})" if gpus else "no GPUs found"
+    cpu_text = f"{cpus:g} CPUs" if cpus is not None else f"CPUs not limited (this machine has {machine_cpus})"
+    memory_text = (f"{memory_mb} MB of memory" if memory_mb is not None
+                   else f"memory not limited (this machine has {machine_memory_mb or '?'} MB)")
+    return f"{gpu_text}; {cpu_text}; {memory_text}"

@@ -46,7 +46,7 @@ from labhub.backends.base import (
     Observation,
     Phase,
 )
-from labhub.backends.gpus import Gpu
+from labhub.backends.gpus import Gpu, describe_capacity
 from labhub.backends.gpus import inventory as gpu_inventory
 from labhub.backends.local_isolation import Account, Accounts, Cgroups, account_name, spawn
 from labhub.backends.local_process import (
@@ -72,18 +72,6 @@ KILL_WAIT_S = 5.0  # after SIGKILL, how long the kernel gets to finish them
 GONE = Observation(Phase.GONE, message="process no longer exists")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"  # what jobs and runtimes find besides their own environment
 NOT_LISTENING = Observation(Phase.RUNNING, message="not listening yet")
-
-
-def _memory_mb() -> int | None:
-    """This machine's memory (``MemTotal``), in MB."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 GPU_RECHECK_S = 30.0  # how often the GPUs are looked for again while instances hold some
@@ -200,14 +188,8 @@ class LocalBackend(Backend):
 
     def describe_capacity(self) -> str:
         cap = self._capacity
-        names = sorted({g.name for g in self.gpus if g.name})
-        found = {g.found_by for g in self.gpus}
-        detail = "; ".join([*([", ".join(names)] if names else []), f"found by {', '.join(sorted(found))}"])
-        gpus = f"{len(self.gpus)} GPU(s), each to one instance at a time ({detail})" if self.gpus else "no GPUs found"
-        cpus = f"{cap.cpus:g} CPUs" if cap.cpus is not None else f"CPUs not limited (this machine has {os.cpu_count()})"
-        memory = (f"{cap.memory_mb} MB of memory" if cap.memory_mb is not None
-                  else f"memory not limited (this machine has {_memory_mb() or '?'} MB)")
-        return f"{gpus}; {cpus}; {memory}"
+        return describe_capacity(self.gpus, cpus=cap.cpus, memory_mb=cap.memory_mb,
+                                 machine_cpus=os.cpu_count(), machine_memory_mb=procinfo.memory_mb())
 
     def unsupported(self, spec: LaunchSpec) -> dict[str, str]:
         reasons = super().unsupported(spec)

@@ -231,3 +231,15 @@ def read_at(path: Path | str, offset: int, limit: int) -> tuple[bytes, int]:
         return data, start + len(data)
     finally:
         os.close(fd)
+
+
+def memory_mb() -> int | None:
+    """This machine's memory (``MemTotal`` of ``/proc/meminfo``), in MB; None when unreadable."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        return None
+    return None
